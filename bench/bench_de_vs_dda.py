@@ -1,0 +1,98 @@
+"""DE vs DDA wall-clock per image on the same batch (paper Table 7: DE 0.5 s, DDA 4.75 s per image on an A40, ~10x).
+
+Measured side by side in one run, in interleaved rounds (median of `--repeats`), so both see the same machine load:
+  * default : the classifier alone
+  * DE      : `predict_de` with S = {0, 50, ..., 450} (|S| = 10)
+  * DE floor: |S| bare denoiser forwards + |S| classifier forwards on the batch (no noise drawing, no bookkeeping)
+  * DDA     : `predict_dda` (t_start=500, 50 guided ancestral steps, the classifier on the adapted batch)
+  * DDA floor: `steps` bare denoiser forward+backward passes (the gradient w.r.t. x_t each guided step needs)
+The denoiser is the embedded UNet architecture (`diffaug_nb.scoremodel.make_unet`), with the trained weights when
+they are present and random ones otherwise (timing does not depend on the weights); the classifier a small CNN.
+
+    python bench/bench_de_vs_dda.py [--n 64] [--repeats 3] [--steps 50] [--device cpu]
+"""
+import argparse, json, statistics, time, os, sys
+import torch, torch.nn as nn
+
+from diffaug_nb.config import get_device
+from diffaug_nb.data import load_mnist5k
+from diffaug_nb.diffusion import Denoiser, vp_scheduler, to_model
+from diffaug_nb.scoremodel import make_unet, embedded_model_dir, is_trained, load_denoiser
+from diffaug_nb.evaluate import predict_default, predict_de, predict_dda
+
+
+def small_cnn(k=10):
+    "A small CNN for 1 x 28 x 28 digits (~30k parameters)."
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, k))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--n', type=int, default=64, help='images in the batch (one batch for every mode)')
+    ap.add_argument('--repeats', type=int, default=3, help='interleaved rounds; the median is reported')
+    ap.add_argument('--steps', type=int, default=50, help='DDA reverse steps')
+    ap.add_argument('--t-start', type=int, default=500, help='DDA start time')
+    ap.add_argument('--device', default='auto')
+    ap.add_argument('--json', default=None, help='also write the numbers to this JSON file')
+    a = ap.parse_args(argv)
+
+    dev = get_device(a.device)
+    trained = is_trained(embedded_model_dir())
+    den = (load_denoiser('embedded', device=dev, train_if_absent=False) if trained
+           else Denoiser(make_unet(), vp_scheduler()).to(dev).eval())
+    torch.manual_seed(0)
+    clf = small_cnn().to(dev).eval()
+    x = load_mnist5k('test').tensors[0][:a.n]
+    ts = list(range(0, 451, 50))
+    B = a.n
+
+    def de_floor():
+        xm = to_model(x.to(dev))
+        with torch.no_grad():
+            for t in ts:
+                tt = torch.full((len(xm),), t, device=dev, dtype=torch.long)
+                clf(den.unet(xm, tt).sample.clamp(-1, 1))
+
+    def dda_floor():
+        xm = to_model(x.to(dev))
+        for _ in range(a.steps):
+            xi = xm.detach().requires_grad_()
+            tt = torch.full((len(xm),), a.t_start, device=dev, dtype=torch.long)
+            torch.autograd.grad(den.unet(xi, tt).sample.square().sum(), xi)
+
+    jobs = {
+        'default': lambda: predict_default(clf, x, B, dev, progress=False),
+        'DE': lambda: predict_de(clf, den, x, ts, B, dev, seed=0, progress=False),
+        'DE floor': de_floor,
+        'DDA': lambda: predict_dda(clf, den, x, False, B, dev, 0, False, t_start=a.t_start, steps=a.steps),
+        'DDA floor': dda_floor,
+    }
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == 'cuda' else (lambda: None)
+    jobs['DE']()  # warm-up (allocations, kernels)
+    times = {k: [] for k in jobs}
+    for r in range(a.repeats):
+        for k, f in jobs.items():
+            sync(); t0 = time.perf_counter(); f(); sync()
+            times[k].append((time.perf_counter() - t0) / a.n)
+    med = {k: statistics.median(v) for k, v in times.items()}
+
+    print(f"device={dev} threads={torch.get_num_threads()} load={os.getloadavg()[0]:.2f} batch={a.n} images "
+          f"|S|={len(ts)} DDA steps={a.steps} t_start={a.t_start} UNet={'trained' if trained else 'random'} "
+          f"({sum(p.numel() for p in den.unet.parameters())/1e6:.2f}M params) repeats={a.repeats}")
+    for k, v in med.items():
+        print(f"  {k:10s} {v*1e3:9.2f} ms/image   (rounds: {', '.join(f'{t*1e3:.2f}' for t in times[k])})")
+    ratios = {'DDA / DE': med['DDA'] / med['DE'], 'DE / DE floor': med['DE'] / med['DE floor'],
+              'DDA / DDA floor': med['DDA'] / med['DDA floor'], 'DE / default': med['DE'] / med['default'],
+              'paper DDA / DE (Table 7)': 4.75 / 0.5}
+    for k, v in ratios.items(): print(f"  {k:26s} {v:6.2f}x")
+    if a.json:
+        with open(a.json, 'w') as fh:
+            json.dump(dict(sec_per_image=med, rounds=times, ratios=ratios, n=a.n, steps=a.steps, t_start=a.t_start,
+                           device=str(dev), trained=trained, threads=torch.get_num_threads()), fh, indent=1)
+    return med, ratios
+
+
+if __name__ == '__main__':
+    main()
