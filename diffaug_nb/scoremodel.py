@@ -92,7 +92,7 @@ def train_score_model(x:torch.Tensor, # training images N x C x H x W in [0,1]
     return den
 
 # %% ../nbs/03_scoremodel.ipynb #b3378a33
-EMBEDDED = dict(steps=1500, batch_size=128, lr=1e-3, width=32, schedule='linear', ema_decay=0.999, seed=0)
+EMBEDDED = dict(steps=800, batch_size=128, lr=1e-3, width=32, schedule='linear', ema_decay=0.999, seed=0)
 
 def embedded_params(**overrides)->dict:
     "The embedded model's training parameters: `EMBEDDED`, with `steps` from settings.ini, then `overrides`."

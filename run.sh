@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# diffaug-nb's two commands. Both create (or reuse) the local virtual environment .venv first.
+#   bash run.sh main [diffaug-nb main options]   the main job on the embedded default
+#   bash run.sh test                             everything CI runs (.ci/run calls exactly this)
+# Other sub-commands: `bash run.sh setup` (just the venv), `bash run.sh cli ARGS` (any diffaug-nb command).
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${DIFFAUG_VENV:-.venv}
+PY=${PYTHON:-python3}
+
+setup() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    echo "== creating $VENV with $($PY --version)"
+    "$PY" -m venv "$VENV"
+  fi
+  # reinstall only when the dependencies change (the stamp is keyed by pyproject.toml)
+  local stamp="$VENV/.diffaug-installed-$(sha256sum pyproject.toml | cut -c1-16)"
+  if [ ! -f "$stamp" ]; then
+    echo "== installing diffaug-nb and its dependencies into $VENV (torch==2.14.1 from this machine's disk)"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q -e ".[dev]"
+    rm -f "$VENV"/.diffaug-installed-*; touch "$stamp"
+  fi
+  export PATH="$PWD/$VENV/bin:$PATH"
+  # papermill's kernel must be this venv's python
+  "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 >/dev/null
+}
+
+browser_deps() {
+  # the browser tests drive Debian's chromium (no browser download); install it where we can
+  if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
+    local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo -n"
+    echo "== installing chromium for the browser tests (apt)"
+    { $sudo apt-get update -qq && $sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+      || echo "!! could not install chromium: the browser tests will be skipped (they say why)"
+  fi
+}
+
+check_sync() {
+  # notebooks are the source: exporting and cleaning must not change any tracked file
+  echo "== nbdev-export / nbdev-clean must leave tracked files unchanged"
+  nbdev-export && nbdev-clean
+  local changed; changed=$(git status --porcelain -- nbs diffaug_nb)
+  if [ -n "$changed" ]; then
+    echo "!! nbdev-export/nbdev-clean changed these files: export and clean, then commit them:"; echo "$changed"
+    git --no-pager diff --stat -- nbs diffaug_nb
+    return 1
+  fi
+}
+
+case "${1:-}" in
+  setup) setup ;;
+  main) shift; setup; exec diffaug-nb main "$@" ;;
+  cli) shift; setup; exec diffaug-nb "$@" ;;
+  test)
+    start=$(date +%s)
+    setup; browser_deps
+    check_sync
+    echo "== nbdev-test (notebooks in nbs/)"
+    nbdev-test --n-workers 2 --timing
+    echo "== pytest (tests/)"
+    python -m pytest -q tests
+    echo "== all tests passed in $(( $(date +%s) - start )) s"
+    ;;
+  *) sed -n 2,6p "$0"; exit 2 ;;
+esac
