@@ -198,3 +198,14 @@ def test_evaluate_modes():
         evaluate_modes(clf, den, x, y, modes=('tta',), device='cpu')
     with pytest.raises(ValueError, match='labels'):
         evaluate_modes(clf, den, x, y[:3], device='cpu')
+
+
+def test_modules_run_in_eval_mode_and_modes_are_restored():
+    import torch.nn as nn
+    bn = nn.Sequential(nn.Flatten(), nn.Linear(16, 3), nn.BatchNorm1d(3)).train()
+    bn(torch.rand(32, 1, 4, 4))
+    den = Denoiser(tiny_unet(4, 1, 8), SCH).train()
+    x = torch.rand(1, 1, 4, 4)  # a batch of one: BatchNorm1d in train mode would raise
+    p = predict_de(bn, den, x, [0, 100], device='cpu', progress=False)
+    assert bn.training and den.training
+    torch.testing.assert_close(p, predict_de(bn.eval(), den.eval(), x, [0, 100], device='cpu', progress=False))
