@@ -1,0 +1,178 @@
+"""The t-slider explorer: set widget values as a user would and check the figures against independent references
+(diffusers' own scheduler step, a numpy softmax/entropy, the exact empirical denoiser)."""
+import math, time
+import numpy as np, pytest, torch, torch.nn as nn
+import plotly.graph_objects as go
+from diffaug_nb.diffusion import Denoiser, EmpiricalDenoiser, tiny_unet, vp_scheduler, to_model, to_unit
+from diffaug_nb import widgets as wd
+from diffaug_nb.widgets import explore, fixed_noise, image_data
+
+
+def np_softmax(z):
+    z = z - z.max(-1, keepdims=True); e = np.exp(z); return e / e.sum(-1, keepdims=True)
+
+def np_entropy(p): return -(p * np.log(np.where(p > 0, p, 1))).sum(-1)
+
+def traces(fig): return {t.meta: t for t in fig.data}
+
+
+@pytest.fixture(scope='module')
+def setup():
+    torch.manual_seed(0)
+    den = Denoiser(tiny_unet(8), vp_scheduler()).eval()
+    clfs = {'a': nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval(),
+            'b': nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).eval()}
+    x = torch.rand(3, 1, 8, 8)
+    return den, clfs, x
+
+
+def reference(den, clf, x, t, noise):
+    "x_t, x0_hat and probabilities computed with diffusers' own add_noise / step, independently of the explorer."
+    sch = den.scheduler
+    tt = torch.full((len(x),), t, dtype=torch.long)
+    xt = sch.add_noise(to_model(x), noise, tt)
+    with torch.no_grad():
+        eps = den.unet(xt, tt).sample
+        x0 = torch.stack([sch.step(eps[i:i+1], t, xt[i:i+1]).pred_original_sample[0] for i in range(len(x))]).clamp(-1, 1)
+        logits = clf(to_unit(x0)).numpy()
+    return to_unit(xt).numpy(), to_unit(x0).numpy(), np_softmax(logits.astype(np.float64))
+
+
+@pytest.mark.parametrize('t', [0, 37, 500, 999])
+def test_slider_moves_images_bars_and_marker(setup, t):
+    den, clfs, x = setup
+    ex = explore(clfs, den, x, labels=[1, 2, 3], t=250, k=4, panels=())
+    ex.t.value = t
+    assert ex.last_error is None, ex.last_error
+    tr = traces(ex.main)
+    xt, x0, p = reference(den, clfs['a'], x, t, fixed_noise(x, 0))
+    for i in range(3):
+        np.testing.assert_allclose(image_data(tr[f'xt{i}']), xt[i], atol=1e-5)
+        np.testing.assert_allclose(image_data(tr[f'x0{i}']), x0[i], atol=1e-5)
+        top = np.argsort(-p[i])[:4]
+        np.testing.assert_allclose(tr[f'bar{i}'].x, p[i, top], atol=1e-5)
+        assert list(tr[f'bar{i}'].y) == [str(c) for c in top]
+    np.testing.assert_allclose(tr['marker:a'].y, np_entropy(p), atol=1e-5)
+    assert list(tr['marker:a'].x) == [t] * 3 and list(tr['t-line'].x) == [t, t]
+    assert f't={t}' in ex.status.value
+
+
+def test_marker_lies_on_curve_and_curve_is_fixed(setup):
+    den, clfs, x = setup
+    ex = explore(clfs, den, x, t=0, curve_step=100, panels=())
+    tr = traces(ex.main)
+    before = {n: np.array(tr[f'curve:b:{i}'].y) for i, n in enumerate(range(3))}
+    ex.t.value = 300
+    for i in range(3):
+        curve = np.array(tr[f'curve:b:{i}'].y)
+        np.testing.assert_array_equal(curve, before[i])  # t moved: the curve (fixed noise) did not
+        assert list(tr[f'curve:b:{i}'].x)[3] == 300
+        assert curve[3] == pytest.approx(tr['marker:b'].y[i], abs=1e-5)
+    assert tr['uniform'].y[0] == pytest.approx(math.log(10))
+
+
+def test_same_path_while_sliding_new_path_with_new_seed(setup):
+    "Fixed noise: x_t(t) is one smooth path sqrt(abar_t) x0 + sigma_t eps; a new seed gives another eps."
+    den, clfs, x = setup
+    ex = explore(clfs['a'], den, x, t=100, panels=())
+    a = image_data(traces(ex.main)['xt0'])
+    ex.t.value = 101
+    b = image_data(traces(ex.main)['xt0'])
+    assert 0 < np.abs(a - b).max() < 0.02      # one step moves x_t a little, not a redraw of the noise
+    ex.t.value = 100
+    np.testing.assert_array_equal(image_data(traces(ex.main)['xt0']), a)
+    ex.seed.value = 7
+    c = image_data(traces(ex.main)['xt0'])
+    xt, _, _ = reference(den, clfs['a'], x, 100, fixed_noise(x, 7))
+    np.testing.assert_allclose(c, xt[0], atol=1e-5)
+    assert np.abs(c - a).max() > 0.1
+
+
+def test_classifier_menu_switches_bars(setup):
+    den, clfs, x = setup
+    ex = explore(clfs, den, x, t=400, k=10, panels=())
+    ex.classifier.value = 'b'
+    _, _, p = reference(den, clfs['b'], x, 400, fixed_noise(x, 0))
+    tr = traces(ex.main)
+    np.testing.assert_allclose(np.sort(tr['bar1'].x)[::-1], np.sort(p[1])[::-1], atol=1e-5)
+    assert tr['marker:b'].marker.size > tr['marker:a'].marker.size
+
+
+def test_de_panel_average_is_mean_of_members(setup):
+    den, clfs, x = setup
+    ex = explore(clfs, den, x, t=0, panels=('de',), de_ts=range(0, 451, 50))
+    fw = ex._panel_figs['de']
+    ex.t.value = 160
+    tr = traces(fw)
+    for i in range(3):
+        z = np.array(tr[f'heat{i}'].z)  # rows: 10 members, DE mean, clean
+        np.testing.assert_allclose(z[10], z[:10].mean(0), atol=1e-6)
+        np.testing.assert_allclose(z[11], np_softmax(clfs['a'](x[i:i+1]).detach().numpy().astype(np.float64))[0], atol=1e-5)
+        _, _, p = reference(den, clfs['a'], x, 150, fixed_noise(x, 0))
+        np.testing.assert_allclose(z[3], p[i], atol=1e-5)   # member t=150 = the slider's view at t=150
+        assert tr[f'frame{i}:2'].y[0] == 2.5                 # framed row: t=150 (nearest to 160)
+    ex.t.value = 800
+    assert list(tr['frame0:2'].y) == []                      # outside S: nothing framed
+    ex.classifier.value = 'b'
+    z = np.array(traces(fw)['heat0'].z)
+    np.testing.assert_allclose(z[11], np_softmax(clfs['b'](x[:1]).detach().numpy().astype(np.float64))[0], atol=1e-5)
+
+
+def test_exact_denoiser_recovers_a_data_point():
+    "On the empirical (exact) denoiser, a data point diffused to a small t denoises back onto itself."
+    pts = torch.rand(5, 1, 8, 8)
+    den = EmpiricalDenoiser(to_model(pts), vp_scheduler())
+    ex = explore(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), den, pts[:2], t=20, panels=())
+    tr = traces(ex.main)
+    np.testing.assert_allclose(image_data(tr['x00']), pts[0].numpy(), atol=1e-4)
+    ex.t.value = 999   # all signal gone: x0_hat -> the points' mean (weights ~ uniform-ish), never a data point exactly
+    assert np.abs(image_data(tr['x00']) - pts[0].numpy()).max() > 1e-3
+
+
+def test_images_by_index_and_errors(setup):
+    den, clfs, _ = setup
+    with pytest.raises(ValueError, match='resize'):
+        explore(clfs['a'], den, [0, 1])            # 28-px test digits vs an 8-px denoiser
+    den28 = Denoiser(tiny_unet(28), vp_scheduler()).eval()
+    clf28 = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    ex = explore(clf28, den28, [4, 9], t=10, panels=())
+    assert ex.names == ['test #4', 'test #9'] and ex.labels is not None
+    assert 'true' in ex.main.layout.annotations[2].text
+
+
+def test_callback_errors_are_shown_not_lost(setup):
+    den, clfs, x = setup
+    calls = {'n': 0}
+    def flaky(z):
+        calls['n'] += 1
+        if calls['n'] > 5: raise RuntimeError('boom')
+        return clfs['a'](z)
+    ex = explore(flaky, den, x, t=10, panels=(), curve_step=500)
+    ex.t.value = 20
+    assert isinstance(ex.last_error, RuntimeError) and 'boom' in ex.status.value
+
+
+def test_without_anywidget_falls_back_to_output(setup, monkeypatch):
+    den, clfs, x = setup
+    class NoAnywidget(go.Figure):
+        def __init__(self, *a, **k): raise ImportError('Please install anywidget to use the FigureWidget class')
+    monkeypatch.setattr(wd.go, 'FigureWidget', NoAnywidget)
+    ex = explore(clfs['a'], den, x, t=10, panels=('de',))
+    assert isinstance(ex.main, go.Figure)
+    ex.t.value = 600
+    assert ex.last_error is None, ex.last_error
+    assert list(traces(ex.main)['t-line'].x) == [600, 600]
+
+
+def test_slider_move_is_fast_on_a_28px_model():
+    "One slider move on a 28-px model (the embedded UNet's shape, random weights) re-renders well under a second."
+    from diffaug_nb.scoremodel import make_unet
+    torch.manual_seed(0)
+    den = Denoiser(make_unet(28), vp_scheduler()).eval()
+    clf = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(256, 10)).eval()
+    ex = explore(clf, den, torch.rand(2, 1, 28, 28), t=0, panels=('de',), curve_step=100)
+    times = []
+    for t in range(50, 550, 50):
+        t0 = time.perf_counter(); ex.t.value = t; times.append(time.perf_counter() - t0)
+    assert ex.last_error is None, ex.last_error
+    assert np.median(times) < 1.0, times
