@@ -7,7 +7,8 @@ Measured side by side in one run, in interleaved rounds (median of `--repeats`),
   * DDA     : `predict_dda` (t_start=500, 50 guided ancestral steps, the classifier on the adapted batch)
   * DDA floor: `steps` bare denoiser forward+backward passes (the gradient w.r.t. x_t each guided step needs)
 The denoiser is the embedded UNet architecture (`diffaug_nb.scoremodel.make_unet`), with the trained weights when
-they are present and random ones otherwise (timing does not depend on the weights); the classifier a small CNN.
+they are present and random ones otherwise (timing does not depend on the weights); the classifier the project's small CNN
+(`diffaug_nb.train.make_classifier('cnn')`, random weights).
 
     python bench/bench_de_vs_dda.py [--n 64] [--repeats 3] [--steps 50] [--device cpu]
 """
@@ -43,7 +44,11 @@ def main(argv=None):
     den = (load_denoiser('embedded', device=dev, train_if_absent=False) if trained
            else Denoiser(make_unet(), vp_scheduler()).to(dev).eval())
     torch.manual_seed(0)
-    clf = small_cnn().to(dev).eval()
+    try:  # the project's small CNN (diffaug_nb.train), else a local one of the same kind
+        from diffaug_nb.train import make_classifier
+        clf = make_classifier('cnn').to(dev).eval()
+    except ImportError:
+        clf = small_cnn().to(dev).eval()
     x = load_mnist5k('test').tensors[0][:a.n]
     ts = list(range(0, 451, 50))
     B = a.n
@@ -80,7 +85,8 @@ def main(argv=None):
 
     print(f"device={dev} threads={torch.get_num_threads()} load={os.getloadavg()[0]:.2f} batch={a.n} images "
           f"|S|={len(ts)} DDA steps={a.steps} t_start={a.t_start} UNet={'trained' if trained else 'random'} "
-          f"({sum(p.numel() for p in den.unet.parameters())/1e6:.2f}M params) repeats={a.repeats}")
+          f"({sum(p.numel() for p in den.unet.parameters())/1e6:.2f}M params) classifier="
+          f"{sum(p.numel() for p in clf.parameters())/1e6:.2f}M params repeats={a.repeats}")
     for k, v in med.items():
         print(f"  {k:10s} {v*1e3:9.2f} ms/image   (rounds: {', '.join(f'{t*1e3:.2f}' for t in times[k])})")
     ratios = {'DDA / DE': med['DDA'] / med['DE'], 'DE / DE floor': med['DE'] / med['DE floor'],
