@@ -7,7 +7,7 @@ import matplotlib.colors as mcolors
 from PIL import Image
 from diffaug_nb.corruptions import (CORRUPTIONS, FAMILIES, PARAMS, RANDOM, COLOUR, BENCHMARK, EXTRA, corrupt,
                                     corrupt_suite, corruption_figure, summarize, length_scale, synthetic_rgb,
-                                    gaussian_filter, box_resize, _zoom, _motion_blur, _disk_kernel, smooth_noise,
+                                    gaussian_filter, box_resize, _zoom, _motion_smear, _disk_kernel, smooth_noise,
                                     plasma_fractal, rgb_to_hsv, hsv_to_rgb)
 from diffaug_nb.data import load_mnist5k
 
@@ -191,10 +191,10 @@ def test_zoom_blur_is_the_average_of_zooms(x28):
         torch.testing.assert_close(corrupt(x28, 'zoom_blur', sev), ref.clamp(0, 1))
 
 
-def test_motion_blur_vs_scipy_map_coordinates():
+def test_motion_smear_vs_scipy_map_coordinates():
     x = torch.rand(2, 1, 20, 24, dtype=torch.float64)
     angles = torch.tensor([17.0, -40.0]); radius, sigma = 3.2, 2.0
-    y = _motion_blur(x, radius, sigma, angles)
+    y = _motion_smear(x, radius, sigma, angles)
     width = 2 * math.ceil(radius) + 1
     k = np.exp(-np.arange(width) ** 2 / (2 * sigma ** 2)); k /= k.sum()
     yy, xx = np.mgrid[:20, :24].astype(np.float64)
