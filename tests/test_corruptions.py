@@ -55,6 +55,9 @@ def test_seeding(name, x28):
         assert not torch.equal(two[0], two[1])
     else:
         assert torch.equal(a, b)
+    # chunked processing: a batch's first chunk is corrupted as that chunk alone
+    assert torch.equal(corrupt(x28, name, 4, seed=7, chunk=2)[:2], corrupt(x28[:2], name, 4, seed=7, chunk=2))
+    assert torch.equal(corrupt(x28, name, 4, seed=7, chunk=2)[2:4], corrupt(x28[2:4], name, 4, seed=7, chunk=2)) == (name not in RANDOM)
 
 
 def test_half_precision_and_empty_and_nonsquare(x224):
@@ -263,6 +266,7 @@ def test_errors(x28):
     with pytest.raises(ValueError, match='Valid names'): corrupt_suite(x28, names=['fog', 'frosty'])
     with pytest.raises(ValueError, match=r'1\.\.5'): corrupt_suite(x28, severities=(1, 7))
     with pytest.raises(ValueError, match='one image'): corruption_figure(x28[:2])
+    with pytest.raises(ValueError, match='chunk'): corrupt(x28, 'fog', 1, chunk=0)
 
 
 def test_figure(x28):
