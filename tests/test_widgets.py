@@ -176,3 +176,49 @@ def test_slider_move_is_fast_on_a_28px_model():
         t0 = time.perf_counter(); ex.t.value = t; times.append(time.perf_counter() - t0)
     assert ex.last_error is None, ex.last_error
     assert np.median(times) < 1.0, times
+
+
+def test_gradient_panel_matches_finite_differences():
+    "Through the exact denoiser with a linear classifier, the gradient panel shows the (stretched) finite-difference gradient."
+    torch.manual_seed(1)
+    pts = torch.rand(6, 1, 8, 8)
+    den = EmpiricalDenoiser(to_model(pts), vp_scheduler()).double()
+    W_ = torch.randn(10, 64, dtype=torch.float64)
+    clf = lambda z: z.double().flatten(1) @ W_.T
+    x = pts[:1] * 0.8 + 0.1
+    ex = explore(clf, den, x, labels=[3], t=200, panels=('gradient',), curve_step=500)
+    assert ex.last_error is None, ex.last_error
+    xt = ex.state['x_t'][0].double()                     # [0,1] units
+    def logp(v):
+        z = den.x0_hat(to_model(v.reshape(1, 1, 8, 8)), 200, clamp=True)
+        return torch.log_softmax(clf(to_unit(z)), -1)[0, 3]
+    h, g = 1e-5, np.zeros(64)
+    for j in range(64):
+        e = torch.zeros(64, dtype=torch.float64); e[j] = h
+        g[j] = (logp(xt.flatten() + e) - logp(xt.flatten() - e)).item() / (2 * h)
+    g = (g - g.min()) / (g.max() - g.min())
+    lo, hi = np.percentile(g, [1, 99])
+    ref = (np.clip(g, lo, hi) - lo) / (hi - lo)
+    shown = image_data(traces(ex._panel_figs['gradient'])['g0:2'])
+    np.testing.assert_allclose(shown.flatten(), ref, atol=1e-2)          # float32 in the explorer, float64 here
+    assert np.corrcoef(shown.flatten(), ref)[0, 1] > 0.999
+
+
+def test_jacobian_panel_matches_theorem_41():
+    "On the exact denoiser, the singular values shown are those of sqrt(abar) Cov[x0|x_t] / sigma^2 (Thm 4.1)."
+    torch.manual_seed(2)
+    pts = torch.rand(5, 1, 8, 8)
+    den = EmpiricalDenoiser(to_model(pts), vp_scheduler())
+    ex = explore(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), den, pts[:2] * 0.9, t=50, panels=('jacobian',), jac_k=3, curve_step=500)
+    ex.t.value = 400
+    ex.jac_image.value = 1
+    assert ex.last_error is None, ex.last_error
+    xt = den.diffuse(to_model(pts[1:2] * 0.9), 400, fixed_noise(pts[:2], 0)[1:2])
+    abar, sig = den.abar(400, xt).item(), den.sigma(400, xt).item()
+    J = (den.cov_m(xt, 400)[0] / abar) * math.sqrt(abar) / sig**2      # Cov[x0|x] = Cov[m|x]/abar
+    s_ref = np.linalg.svd(J.double().numpy(), compute_uv=False)[:3]
+    ann = {a.name: a.text for a in ex._panel_figs['jacobian'].layout.annotations}
+    shown = [float(ann[f'ju{i}'].split('s=')[1]) for i in range(3)]
+    np.testing.assert_allclose(ex.jac_state['S'].numpy(), s_ref, rtol=1e-3)
+    np.testing.assert_allclose(shown, s_ref, rtol=5e-3)                 # the titles show 3 digits
+    assert ann['jx'] == 'image 1 x_t, t=400'
