@@ -18,7 +18,8 @@ setup() {
   if [ ! -f "$stamp" ]; then
     echo "== installing diffaug-nb and its dependencies into $VENV (torch==2.14.1 from this machine's disk)"
     "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -e ".[dev]"
+    # (this machine's pip.conf names mirror folders that may be absent: drop those warnings)
+    "$VENV/bin/python" -m pip install -q -e ".[dev]" 2> >(grep -v -e "^WARNING: Location 'file:" -e "is neither a file nor a directory" >&2)
     rm -f "$VENV"/.diffaug-installed-*; touch "$stamp"
   fi
   export PATH="$PWD/$VENV/bin:$PATH"
