@@ -166,6 +166,7 @@ def slider_figure(state:dict, # from `slider_state`
         fig.update_xaxes(row=i+1, col=3, range=[0, 1], tickvals=[0, 0.5, 1])
         fig.update_yaxes(row=i+1, col=3, type='category', autorange='reversed')
         fig.update_yaxes(row=i+1, col=1, title_text=names[i], title_standoff=2)
+    fig.update_xaxes(row=N, col=3, title_text='p(y | x0_hat)', title_standoff=4)
     colors = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e', '#8c564b']
     hmax = math.log(K) * 1.08
     fig.add_trace(go.Scatter(x=[0, T-1], y=[math.log(K)]*2, mode='lines', line=dict(color='grey', dash='dot', width=1),
@@ -184,7 +185,8 @@ def slider_figure(state:dict, # from `slider_state`
                              showlegend=False, meta='t-line', hoverinfo='skip'), row=1, col=4)
     fig.update_xaxes(row=1, col=4, range=[-5, T+4], title_text='t')
     fig.update_yaxes(row=1, col=4, range=[0, hmax], title_text='H (nats)')
-    fig.update_layout(height=max(300, 210*N + 60), margin=dict(l=50, r=10, t=40, b=40), bargap=0.25,
+    fig.update_annotations(font_size=13)
+    fig.update_layout(height=max(300, 210*N + 60), width=1050, margin=dict(l=50, r=10, t=40, b=40), bargap=0.25,
                       legend=dict(orientation='h', x=0.62, y=-0.08 if N > 1 else -0.2, xanchor='left', yanchor='top'),
                       uirevision='explorer', template='plotly_white')
     patch_slider_figure(fig, state, chosen=chosen, k=k, labels=labels, class_names=class_names)
@@ -208,10 +210,10 @@ def patch_slider_figure(fig, state:dict, chosen:str|None=None, k:int=3, labels=N
         tr[f'bar{i}'].update(x=v, y=cls, text=[f'{p:.2f}' for p in v],
                              marker_color=['#2ca02c' if c == true else '#1f77b4' for c in cls])
         H = float(state['entropy'][chosen][i])
-        ann[f'xt{i}'].text = f'x_t  (t={t})' if i == 0 else f't={t}'
-        ann[f'x0{i}'].text = 'x0_hat = E[x0|x_t]' if i == 0 else 'x0_hat'
-        ann[f'bar{i}'].text = f'top-{k} p(y|x0_hat), H={H:.2f}' + ('' if true is None else f' (true {true})')
-    ann['curve'].text = f'entropy vs t  (sqrt(abar_t)={math.sqrt(state["abar"]):.2f}, sigma_t={state["sigma"]:.2f})'
+        ann[f'xt{i}'].text = f'x_t (t={t})' if i == 0 else f't={t}'
+        ann[f'x0{i}'].text = 'x0_hat' if i == 0 else ''
+        ann[f'bar{i}'].text = (f'{chosen}: ' if i == 0 else '') + f'H={H:.2f}' + ('' if true is None else f', true {true}')
+    ann['curve'].text = 'entropy vs t (paper Fig. 2)'
     for n in clfs:
         m = tr[f'marker:{n}']
         m.update(x=[t]*N, y=state['entropy'][n].tolist(), marker_size=12 if n == chosen else 8,
@@ -283,7 +285,8 @@ def de_figure(de:dict, # from `de_state`
         nm = (lambda j: str(class_names[j]) if class_names else str(j))
         _by_name(fig)[f'heat{i}'].text = (f"DE: {nm(pd)} ({float(de['mean'][i, pd]):.2f}) &middot; clean: {nm(pc)} "
                                               f"({float(de['clean'][i, pc]):.2f})" + ('' if labels is None else f" &middot; true {nm(int(labels[i]))}"))
-    fig.update_layout(height=max(260, 230*N + 40), margin=dict(l=60, r=10, t=40, b=40), template='plotly_white', uirevision='de')
+    fig.update_annotations(font_size=13)
+    fig.update_layout(height=max(260, 230*N + 40), width=1050, margin=dict(l=60, r=10, t=40, b=40), template='plotly_white', uirevision='de')
     return patch_de_figure(fig, de, t)
 
 def patch_de_figure(fig, de:dict, t:int):
@@ -493,7 +496,7 @@ def gradient_figure(cols:dict, # title -> N x C x H x W in [0,1], from `gradient
             fig.add_trace(_image_trace(cols[k][i], f'g{i}:{j}'), row=i+1, col=j+1); _image_axes(fig, i+1, j+1)
         fig.update_yaxes(row=i+1, col=1, title_text=names[i], title_standoff=2)
     fig.update_annotations(font_size=11)
-    fig.update_layout(height=max(200, 150*N + 60), margin=dict(l=50, r=10, t=40, b=10), template='plotly_white', uirevision='grad')
+    fig.update_layout(height=max(200, 150*N + 60), width=min(1400, 60 + 150*len(keys)), margin=dict(l=50, r=10, t=40, b=10), template='plotly_white', uirevision='grad')
     return fig
 
 def patch_gradient_figure(fig, cols:dict):
@@ -539,7 +542,7 @@ def jacobian_figure(js:dict, # from `jacobian_state`
                                  hovertemplate='%{z:.3f}<extra></extra>'), row=1, col=i+2)
         _image_axes(fig, 1, i+2)
     fig.update_annotations(font_size=11)
-    fig.update_layout(height=230, margin=dict(l=10, r=10, t=60, b=10), template='plotly_white', uirevision='jac')
+    fig.update_layout(height=230, width=min(1400, 40 + 150*(k+1)), margin=dict(l=10, r=10, t=60, b=10), template='plotly_white', uirevision='jac')
     return patch_jacobian_figure(fig, js, name)
 
 def patch_jacobian_figure(fig, js:dict, name:str=''):

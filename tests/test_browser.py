@@ -1,0 +1,224 @@
+"""In a real browser: the explorer notebook run in JupyterLab (move the slider, the picture changes), and every page of
+the offline docs site (no 404, no console error, no empty plotly figure). Headless Debian Chromium via Playwright.
+
+Needs the system package `chromium` (Debian/Ubuntu: `apt-get install chromium`; the `chromium` fixture installs it
+when it can) and the venv's `playwright`, `jupyterlab`, `ipywidgets`, `anywidget` Python packages."""
+import os, sys, re, json, shutil, socket, secrets, subprocess, threading, time, urllib.request, urllib.error
+from functools import partial
+from http.server import ThreadingHTTPServer, SimpleHTTPRequestHandler
+from pathlib import Path
+from urllib.parse import urljoin, urlparse
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = REPO/'nbs'/'explorer.ipynb'
+
+
+def free_port()->int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+
+def screenshot_dir()->Path:
+    "Where screenshots are copied for people to look at: settings' runs_dir/screenshots (outside nbs/)."
+    try:
+        from diffaug_nb.config import settings
+        d = Path(settings()['runs_dir'])/'screenshots'
+    except Exception: d = REPO/'runs'/'screenshots'
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def keep_screenshot(page, tmp_path:Path, name:str)->Path:
+    shot = tmp_path/name
+    page.screenshot(path=str(shot), full_page=True)
+    dst = screenshot_dir()/name
+    shutil.copy(shot, dst)
+    print(f'screenshot: {dst}')
+    return dst
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# JupyterLab
+
+def _wait_http(url:str, proc, timeout:float, log:Path):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None: raise RuntimeError(f'JupyterLab exited with {proc.returncode}:\n{log.read_text()[-3000:]}')
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200: return
+        except (urllib.error.URLError, ConnectionError, TimeoutError): pass
+        time.sleep(0.3)
+    raise TimeoutError(f'JupyterLab did not answer {url} within {timeout} s:\n{log.read_text()[-3000:]}')
+
+
+@pytest.fixture(scope='module')
+def jupyterlab(tmp_path_factory, chromium):
+    "JupyterLab on 127.0.0.1 (free port, known token, its own config/data/runtime dirs) serving a copy of the explorer notebook."
+    if not NOTEBOOK.exists(): pytest.fail(f'{NOTEBOOK} is missing')
+    root = tmp_path_factory.mktemp('jupyterlab')
+    work = root/'work'; work.mkdir()
+    shutil.copy(NOTEBOOK, work/NOTEBOOK.name)  # the browser autosaves: never let it touch nbs/
+    port, token = free_port(), secrets.token_hex(16)
+    env = {**os.environ, 'JUPYTER_CONFIG_DIR': str(root/'config'), 'JUPYTER_DATA_DIR': str(root/'data'),
+           'JUPYTER_RUNTIME_DIR': str(root/'runtime'), 'IPYTHONDIR': str(root/'ipython'),
+           'DIFFAUG_SETTINGS': str(REPO/'settings.ini'), 'PYTHONPATH': str(REPO)}
+    cmd = [sys.executable, '-m', 'jupyterlab', '--no-browser', '--ServerApp.ip=127.0.0.1', f'--ServerApp.port={port}',
+           '--ServerApp.port_retries=0', f'--IdentityProvider.token={token}', f'--ServerApp.root_dir={work}',
+           '--LabApp.expose_app_in_browser=True', '--LabApp.news_url=', '--ServerApp.open_browser=False',
+           '--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate', '--LabApp.extension_manager=readonly']
+    if os.geteuid() == 0: cmd.append('--allow-root')
+    news = root/'config'/'lab'/'user-settings'/'@jupyterlab'/'apputils-extension'/'notification.jupyterlab-settings'
+    news.parent.mkdir(parents=True); news.write_text(json.dumps({'fetchNews': 'false', 'checkForUpdates': False}))
+    log = root/'jupyterlab.log'
+    with open(log, 'w') as f: proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=work)
+    try:
+        base = f'http://127.0.0.1:{port}'
+        _wait_http(f'{base}/api/status?token={token}', proc, 90, log)
+        yield dict(base=base, token=token, work=work, log=log)
+    finally:
+        proc.terminate()
+        try: proc.wait(15)
+        except subprocess.TimeoutExpired: proc.kill(); proc.wait(5)
+
+
+_NOTEBOOK_JS = "() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget; return w && w.content && w.sessionContext ? w : null }"
+
+_ERRORS_JS = """() => {
+  const w = window.jupyterapp.shell.currentWidget, cells = w.content.model.cells, res = [];
+  for (let i = 0; i < cells.length; i++) {
+    const c = cells.get(i);
+    if (c.type !== 'code') continue;
+    for (let j = 0; j < c.outputs.length; j++) {
+      const o = c.outputs.get(j).toJSON();
+      if (o.output_type === 'error') res.push(o.ename + ': ' + o.evalue);
+    }
+  }
+  return res;
+}"""
+
+_HEATMAP_JS = """() => { const im = document.querySelector('.jp-OutputArea .js-plotly-plot .heatmaplayer image');
+                        return im ? im.getAttribute('href') || im.getAttribute('xlink:href') : null }"""
+
+
+def test_explorer_in_jupyterlab(jupyterlab, browser, tmp_path):
+    "Open the explorer notebook, run it, move the t slider: the x_t picture and the status line change."
+    ctx = browser.new_context(viewport=dict(width=1500, height=1100))
+    page = ctx.new_page()
+    page_errors = []
+    page.on('pageerror', lambda e: page_errors.append(str(e)))
+    try:
+        page.goto(f"{jupyterlab['base']}/lab/tree/{NOTEBOOK.name}?reset&token={jupyterlab['token']}", timeout=90_000)
+        page.wait_for_function(_NOTEBOOK_JS, timeout=90_000)
+        status = page.evaluate("""async () => { const w = window.jupyterapp.shell.currentWidget;
+            await w.context.ready; await w.sessionContext.ready;
+            const k = w.sessionContext.session && w.sessionContext.session.kernel; return k ? k.name : null }""")
+        assert status, f'no kernel started for the notebook; JupyterLab log:\n{jupyterlab["log"].read_text()[-2000:]}'
+        page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells') }")
+        slider = page.locator('.widget-slider .noUi-handle').first
+        try: slider.wait_for(state='visible', timeout=150_000)
+        except Exception:
+            keep_screenshot(page, tmp_path, 'explorer-failed.png')
+            raise AssertionError(f'the explorer did not appear; cell errors: {page.evaluate(_ERRORS_JS)}; '
+                                 f'page errors: {page_errors}; log:\n{jupyterlab["log"].read_text()[-2000:]}')
+        page.wait_for_function(_HEATMAP_JS, timeout=60_000)
+        page.wait_for_function("() => document.querySelector('.widget-html-content') && /rendered in/.test(document.querySelector('.widget-html-content').textContent)",
+                               timeout=60_000)
+        errors = page.evaluate(_ERRORS_JS)
+        assert not errors, f'cells raised: {errors}'
+        before = page.evaluate(_HEATMAP_JS)
+        status_before = page.locator('.widget-html-content').first.text_content()
+        fig = page.locator('.jp-OutputArea .js-plotly-plot').first
+        fig.scroll_into_view_if_needed()
+        shot_before = fig.screenshot()
+        keep_screenshot(page, tmp_path, 'explorer-before.png')
+        readout = page.locator('.widget-slider .widget-readout').first   # ipywidgets 8: an editable readout
+        readout.click(); page.keyboard.press('ControlOrMeta+A'); page.keyboard.type('600'); page.keyboard.press('Enter')
+        page.wait_for_function(f"(b) => {{ const h = ({_HEATMAP_JS})(); return h && h !== b }}", arg=before, timeout=60_000)
+        page.wait_for_function("(s) => { const e = document.querySelector('.widget-html-content'); return e && e.textContent !== s && /rendered in/.test(e.textContent) }",
+                               arg=status_before, timeout=60_000)
+        status_after = page.locator('.widget-html-content').first.text_content()
+        t_before = int(re.search(r't=(\d+)', status_before).group(1))
+        t_after = int(re.search(r't=(\d+)', status_after).group(1))
+        assert t_after > t_before, (status_before, status_after)
+        page.wait_for_timeout(500)   # let plotly finish painting
+        assert fig.screenshot() != shot_before, 'the figure looks the same after moving the slider'
+        keep_screenshot(page, tmp_path, 'explorer.png')
+        ms = float(re.search(r'rendered in (\d+) ms', status_after).group(1))
+        print(f'explorer: t {t_before} -> {t_after}, kernel render {ms:.0f} ms')
+        assert not page.evaluate(_ERRORS_JS)
+        assert not page_errors, page_errors
+    finally:
+        ctx.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The docs site
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *a): pass
+
+
+@pytest.fixture(scope='module')
+def docs_site(tmp_path_factory, chromium):
+    "The offline docs site (diffaug_nb.docs.build_docs; or a built one named by $DIFFAUG_DOCS_SITE) on 127.0.0.1, served from a thread."
+    docs = pytest.importorskip('diffaug_nb.docs', reason='diffaug_nb.docs (the docs builder) is not in the library yet')
+    site = os.environ.get('DIFFAUG_DOCS_SITE')
+    if not (site and (Path(site)/'index.html').exists()): site = docs.build_docs(tmp_path_factory.mktemp('docs')/'site')
+    srv = ThreadingHTTPServer(('127.0.0.1', free_port()), partial(_QuietHandler, directory=str(site)))
+    th = threading.Thread(target=srv.serve_forever, daemon=True); th.start()
+    try: yield dict(site=Path(site), base=f'http://127.0.0.1:{srv.server_address[1]}/', pages=docs.site_pages(site))
+    finally: srv.shutdown(); srv.server_close()
+
+
+_PLOTLY_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot, .plotly-graph-div')).map((el, i) => {
+  const d = el.data || [];
+  const n = d.map(t => ['x', 'y', 'z', 'values', 'r', 'lat', 'a'].map(k => t[k] ? (t[k].length || (t[k].bdata ? 1 : 0)) : 0)
+                         .reduce((a, b) => a + b, 0)).reduce((a, b) => a + b, 0);
+  return {i: i, id: el.id, traces: d.length, points: n, drawn: !!el.querySelector('.main-svg')};
+})"""
+
+
+def test_docs_pages_in_browser(docs_site, browser, tmp_path):
+    "Every page: served (no 404 for it or anything it loads), no console error, every plotly figure drawn and non-empty."
+    base, site = docs_site['base'], docs_site['site']
+    pages = docs_site['pages']
+    assert pages, f'the docs site {site} has no pages'
+    ctx = browser.new_context(viewport=dict(width=1280, height=900))
+    offline = []
+    def only_local(route):
+        if urlparse(route.request.url).hostname in ('127.0.0.1', 'localhost') or route.request.url.startswith('data:'): route.continue_()
+        else: offline.append(route.request.url); route.abort()
+    ctx.route('**/*', only_local)
+    problems, links, n_figs = [], set(), 0
+    for p in pages:
+        rel = p.relative_to(site).as_posix()
+        url = urljoin(base, rel)
+        page = ctx.new_page()
+        errs = []
+        page.on('console', lambda m, errs=errs: errs.append(f'console {m.type}: {m.text}') if m.type == 'error' else None)
+        page.on('pageerror', lambda e, errs=errs: errs.append(f'page error: {e}'))
+        page.on('response', lambda r, errs=errs: errs.append(f'HTTP {r.status}: {r.url}') if r.status >= 400 else None)
+        resp = page.goto(url, wait_until='load', timeout=60_000)
+        if resp is None or resp.status != 200: problems.append(f'{rel}: HTTP {resp.status if resp else "no response"}')
+        try: page.wait_for_function("() => Array.from(document.querySelectorAll('.js-plotly-plot, .plotly-graph-div')).every(e => e.querySelector('.main-svg'))",
+                                    timeout=20_000)
+        except Exception: pass
+        for f in page.evaluate(_PLOTLY_JS):
+            n_figs += 1
+            if not f['drawn']: problems.append(f"{rel}: plotly figure #{f['i']} ({f['id']}) was not drawn")
+            elif f['traces'] == 0 or f['points'] == 0: problems.append(f"{rel}: plotly figure #{f['i']} ({f['id']}) is empty ({f['traces']} traces, {f['points']} points)")
+        problems += [f'{rel}: {e}' for e in errs]
+        for h in page.evaluate("() => Array.from(document.querySelectorAll('a[href]')).map(a => a.href)"):
+            u = urlparse(h)
+            if u.hostname == '127.0.0.1' and u.path: links.add(u._replace(fragment='', query='').geturl())
+        if rel == 'index.html' or 'explorer' in rel: keep_screenshot(page, tmp_path, f"docs-{rel.replace('/', '_')}.png")
+        page.close()
+    for l in sorted(links):   # every internal link resolves (a broken nav entry is a 404 too)
+        try: urllib.request.urlopen(l, timeout=10).close()
+        except urllib.error.HTTPError as e: problems.append(f'link {l}: HTTP {e.code}')
+    ctx.close()
+    problems += [f'needs the network: {u}' for u in sorted(set(offline))]
+    print(f'docs: {len(pages)} pages, {n_figs} plotly figures, {len(links)} internal links checked')
+    assert not problems, f'{len(problems)} problem(s) on the docs site:\n' + '\n'.join(problems[:60])
