@@ -64,6 +64,7 @@ def test_bad_grid_fails_before_running(nb, tmp_path):
 
 def test_failure_recorded_and_sweep_continues_then_resume(nb, tmp_path):
     out, counter = tmp_path/'out', tmp_path/'count.txt'
+    (out/'.tmp-killed-999999999').mkdir(parents=True)               # left by a killed sweep: cleaned up
     grid = dict(fail=[True, False], a=[2])
     df = run_sweep(nb, grid, out_dir=out, fixed=dict(counter=str(counter)), progress=False)
     assert df.attrs['counts'] == dict(ok=1, skipped=0, failed=1)
