@@ -90,6 +90,28 @@ def test_determinism(digits, diffaug):
     assert not same_weights(a, c)
 
 
+class SpyDiffAug(DiffAug):
+    "Records the batches DiffAug is applied to."
+    def __init__(self, base):
+        super().__init__(base.denoiser, base.t_min, base.t_max); self.seen = []
+    def __call__(self, x, **kw):
+        self.seen.append(x.clone()); return super().__call__(x, **kw)
+
+
+@pytest.mark.parametrize('stack', [False, True])
+def test_diffaug_branch_is_independent_of_policy(digits, diffaug, stack):
+    "Default: DiffAug sees the plain training images (independent application, B.1); stack=True: a policy copy."
+    x, _ = digits
+    spy = SpyDiffAug(diffaug)
+    train(digits, policy='cutout', diffaug=spy, epochs=1, stack=stack)
+    plain = {tuple(im.flatten().tolist()) for im in x}
+    seen = torch.cat(spy.seen)
+    assert len(seen) == 4 * 64
+    n_plain = sum(tuple(im.flatten().tolist()) in plain for im in seen)
+    if stack: assert n_plain < len(seen) // 10  # (a cut-out square can fall on background only)
+    else: assert n_plain == len(seen)
+
+
 def test_diffaug_loss_is_half_sum_of_two_separate_ces(digits, diffaug):
     x, y = digits
     torch.manual_seed(0)
