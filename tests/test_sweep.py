@@ -3,7 +3,7 @@ import json, os, subprocess, sys
 from pathlib import Path
 import nbformat, pandas as pd, pytest, yaml
 from diffaug_nb.sweep import (expand_grid, run_id, validate_grid, run_notebook, run_status, run_sweep,
-                              run_sweep_file, collect_results, load_grid, sweep_cli, kernel_python)
+                              run_sweep_file, collect_results, load_grid, sweep_cli, kernel_python, aggregate)
 
 PARAMS = "a = 1\nb = 0.5\nfail = False\ncounter = ''\nsquat = ''\ntags = ['x']\nrun_dir = None"
 BODY = """import json, pathlib, sys, os
@@ -136,6 +136,10 @@ def test_results_table_and_grid_file(nb, tmp_path):
     assert len(csv) == 4 and list(csv.columns) == list(df.columns)
     pd.testing.assert_frame_equal(collect_results(out).sort_values('run_id').reset_index(drop=True),
                                   df.sort_values('run_id').reset_index(drop=True))
+    assert df.attrs['param_columns'] == ['b', 'tags', 'a', 'fail']
+    agg = aggregate(df, 'a')                                            # mean over a of the finished runs (fail=False)
+    assert len(agg) == 1 and agg.loc[0, ('product', 'mean')] == 4.0 and agg.loc[0, ('product', 'count')] == 2
+    assert agg.loc[0, ('product', 'std')] == pytest.approx(2 ** 1.5)
     sw = json.loads((out/'sweep.json').read_text())
     assert sw['name'] == 'demo' and len(sw['runs']) == 4
     # the command line: the same grid is finished except the failures (exit 1), dry run, bad grid (exit 2)
