@@ -339,9 +339,10 @@ class Explorer:
                  jac_k:int=6, # Jacobian components shown
                 ):
         self.clfs, self.den = as_classifiers(classifier), denoiser
-        self.T = int(denoiser.T)
+        self.T, self.split = int(denoiser.T), split
         size = getattr(getattr(getattr(denoiser, 'unet', None), 'config', None), 'sample_size', None)
-        self.x, self.labels, self.names = pick_images(images, labels, split, size if isinstance(size, int) else None)
+        self._size = size if isinstance(size, int) else None
+        self.x, self.labels, self.names = pick_images(images, labels, split, self._size)
         self.k, self.class_names, self.clamp, self.curve_step = k, class_names, clamp, curve_step
         self.de_ts, self.jac_k = [int(s) for s in de_ts], jac_k
         self.last_render_ms, self.last_error = None, None
@@ -353,6 +354,10 @@ class Explorer:
                                      layout=W.Layout(width='auto'))
         self.seed = W.BoundedIntText(value=seed, min=0, max=2**31-1, description='noise seed', layout=W.Layout(width='170px'))
         self.status = W.HTML()
+        by_index = not isinstance(images, torch.Tensor)
+        self.images = W.Text(value=', '.join(str(int(i)) for i in ([images] if isinstance(images, (int, np.integer)) else images)) if by_index else '',
+                             description=f'{split} #', continuous_update=False, disabled=not by_index,
+                             tooltip=f'indices into the MNIST-5k {split} split, comma-separated', layout=W.Layout(width='230px'))
         self._reseed()
         self.state = self._state()
         self.main = _figure_widget(self._main_figure())
@@ -365,12 +370,14 @@ class Explorer:
             ctl = PANELS[p].controls(self) if PANELS[p].controls else []
             kids.append(W.VBox(ctl + [self._outs[p]]) if ctl else self._outs[p])
         self.tabs = W.Tab(children=kids, titles=[PANELS[p].title for p in self.panels])
-        self.widget = W.VBox([W.HBox([self.play, self.t, self.classifier, self.seed]), self.status, _container(self.main), self.tabs])
+        self.widget = W.VBox([W.HBox([self.play, self.t, self.classifier]), W.HBox([self.images, self.seed]), self.status,
+                              _container(self.main), self.tabs])
         self.t.observe(self._safe(self.render), 'value')
         self.classifier.observe(self._safe(self.render), 'value')
         self.seed.observe(self._safe(self._on_seed), 'value')
+        self.images.observe(self._safe(self._on_images), 'value')
         self.tabs.observe(self._safe(self.render), 'selected_index')
-        self._safe(self.render)()
+        self.render()
 
     def _reseed(self):
         self.noise = fixed_noise(self.x, self.seed.value)
@@ -403,6 +410,21 @@ class Explorer:
                 self.status.value = f"<span style='color:#c00'>error: {type(e).__name__}: {e}</span>"
         return f
 
+    def _on_images(self):
+        "New images (typed indices): new rows, so new figures."
+        idx = [int(v) for v in self.images.value.replace(',', ' ').split()]
+        if not idx: raise ValueError('type at least one image index')
+        self.x, self.labels, self.names = pick_images(idx, None, self.split, self._size)
+        self._reseed(); self.state = self._state()
+        self.main = _figure_widget(self._main_figure())
+        self.widget.children = (*self.widget.children[:3], _container(self.main), self.tabs)
+        self._panel_figs.clear()
+        if hasattr(self, 'jac_image'):
+            self._building = True
+            try: self.jac_image.options, self.jac_image.value = [(n, i) for i, n in enumerate(self.names)], 0
+            finally: self._building = False
+        self.render()
+
     def _on_seed(self):
         self._reseed(); self._panel_figs.clear()
         self.render(new_curve=True)
@@ -420,7 +442,7 @@ class Explorer:
         with (self.main.batch_update() if isinstance(self.main, go.FigureWidget) else _nullctx()):
             patch_slider_figure(self.main, self.state, chosen=self.classifier.value, k=self.k, labels=self.labels,
                                 class_names=self.class_names, curve=self.curve if new_curve else None, curve_ts=self.curve_ts)
-        if not isinstance(self.main, go.FigureWidget): _refresh(self.widget.children[2], self.main)
+        if not isinstance(self.main, go.FigureWidget): _refresh(self.widget.children[3], self.main)
         if self.panel is not None: self._render_panel(self.panel)
         self.last_render_ms = (time.perf_counter() - t0) * 1e3
         self.status.value = (f"t={self.t.value}: sqrt(abar_t)={math.sqrt(self.state['abar']):.3f}, sigma_t={self.state['sigma']:.3f}, "
@@ -461,8 +483,17 @@ class Panel(NamedTuple):
 PANELS = {}  # name -> Panel; filled in below
 
 # %% ../nbs/13_widgets.ipynb #37207ae2
-def explore(classifier, denoiser:Denoiser, images=(0,), **kwargs)->Explorer:
-    "Open the t-slider explorer on `images` (test-split indices or a [0,1] tensor); see `Explorer` for the options."
+def explore(classifier=None, # a classifier, a dict {name: classifier}, or None: `train.get_classifier()` (plain, cached)
+            denoiser:Denoiser|None=None, # None: `scoremodel.load_denoiser()` (the embedded default)
+            images=(0, 1, 2), # test-split indices, or a tensor N x C x H x W in [0,1]
+            **kwargs)->Explorer:
+    "Open the t-slider explorer on `images`; with no arguments, on the embedded default. See `Explorer` for the options."
+    if denoiser is None:
+        from diffaug_nb.scoremodel import load_denoiser
+        denoiser = load_denoiser()
+    if classifier is None:
+        from diffaug_nb.train import get_classifier
+        classifier = {'plain': get_classifier(progress=False, device=denoiser.device)}
     return Explorer(classifier, denoiser, images, **kwargs)
 
 # %% ../nbs/13_widgets.ipynb #6ee7f016
@@ -563,7 +594,7 @@ def _jac_controls(ex):
     ex.jac_button = W.Button(description='compute at t', icon='refresh')
     ex.jac_status = W.HTML()
     ex.jac_button.on_click(lambda _: ex._safe(lambda: ex._render_panel('jacobian', force=True))())
-    ex.jac_image.observe(lambda _: ex._safe(lambda: ex._render_panel('jacobian', force=True))(), 'value')
+    ex.jac_image.observe(lambda _: None if getattr(ex, '_building', False) else ex._safe(lambda: ex._render_panel('jacobian', force=True))(), 'value')
     return [W.HBox([ex.jac_image, ex.jac_button, ex.jac_follow, ex.jac_status])]
 
 def _jac_state(ex):

@@ -222,3 +222,30 @@ def test_jacobian_panel_matches_theorem_41():
     np.testing.assert_allclose(ex.jac_state['S'].numpy(), s_ref, rtol=1e-3)
     np.testing.assert_allclose(shown, s_ref, rtol=5e-3)                 # the titles show 3 digits
     assert ann['jx'] == 'image 1 x_t, t=400'
+
+
+def test_typed_indices_swap_the_images(setup):
+    den28 = Denoiser(tiny_unet(28), vp_scheduler()).eval()
+    ex = explore(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), den28, [0], t=30, panels=('de',), curve_step=500)
+    ex.images.value = '11 12'
+    assert ex.last_error is None, ex.last_error
+    from diffaug_nb.data import load_mnist5k
+    x, y = load_mnist5k('test').tensors
+    np.testing.assert_array_equal(ex.x.numpy(), x[[11, 12]].numpy())
+    assert ex.labels.tolist() == y[[11, 12]].tolist()
+    assert sorted(t.meta for t in ex.main.data if t.meta.startswith('x0')) == ['x00', 'x01']
+    assert len(traces(ex._panel_figs['de'])['heat1'].z) == 12
+    ex.images.value = 'nine'
+    assert isinstance(ex.last_error, ValueError) and 'error' in ex.status.value
+
+
+def test_explore_opens_on_the_embedded_default():
+    "explore() with no arguments: the committed embedded score model and the plain cached classifier."
+    from diffaug_nb.scoremodel import embedded_model_dir, is_trained
+    if not is_trained(embedded_model_dir()): pytest.fail(f'the embedded score model is missing at {embedded_model_dir()}')
+    ex = explore(t=0, panels=())
+    assert ex.den.unet.config.sample_size == 28 and list(ex.clfs) == ['plain']
+    pred = ex.state['probs']['plain'].argmax(-1)
+    assert pred.tolist() == ex.labels.tolist()          # a trained classifier reads these clean test digits
+    ex.t.value = 999
+    assert (ex.state['x0_hat'] - ex.x).abs().mean() > 0.1   # at t = T-1 the digit is gone
