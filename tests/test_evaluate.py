@@ -162,8 +162,9 @@ def test_dda_rejects_ve():
 def test_dda_schedule_and_scale():
     ts = dda_timesteps(500, 50)
     assert ts[0] == 500 and ts[-1] == 0 and len(ts) == 51 and all(a - b == 10 for a, b in zip(ts, ts[1:]))
-    assert dda_scale((3, 256, 256), 6.) == pytest.approx(3.)
-    assert dda_scale((1, 28, 28), 6.) == pytest.approx(3 * 28 / math.sqrt(3 * 256 * 256))
+    assert dda_scale((1, 28, 28)) == pytest.approx(1.0)  # calibrated at 28 px, D=4
+    assert dda_scale((3, 256, 256)) == pytest.approx(math.sqrt(3 * 32 * 32 / 49))  # D=8: k = 3 x 32 x 32
+    assert dda_scale((1, 28, 28), D=2, scale_ref=2.) == pytest.approx(4.)
 
 
 def test_dda_adapt_batch_independent_and_predict_dda_se():
