@@ -160,7 +160,7 @@ def slider_figure(state:dict, # from `slider_state`
     for i in range(N):
         fig.add_trace(_image_trace(state['x_t'][i], f'xt{i}'), row=i+1, col=1)
         fig.add_trace(_image_trace(state['x0_hat'][i], f'x0{i}'), row=i+1, col=2)
-        fig.add_trace(go.Bar(x=[0]*k, y=[' ']*k, orientation='h', meta=f'bar{i}', showlegend=False, textposition='auto',
+        fig.add_trace(go.Bar(x=[0]*k, y=[' ']*k, orientation='h', meta=f'bar{i}', showlegend=False, textposition='auto', textangle=0,
                              hovertemplate='%{y}: %{x:.3f}<extra></extra>'), row=i+1, col=3)
         _image_axes(fig, i+1, 1); _image_axes(fig, i+1, 2)
         fig.update_xaxes(row=i+1, col=3, range=[0, 1], tickvals=[0, 0.5, 1])
@@ -278,28 +278,29 @@ def de_figure(de:dict, # from `de_state`
                                  hovertemplate='%{y}, class %{x}: p=%{z:.3f}<extra></extra>'), row=i+1, col=2)
         fig.update_yaxes(row=i+1, col=2, autorange='reversed', tickvals=list(range(S+2)), ticktext=rows, tickfont_size=9)
         fig.update_xaxes(row=i+1, col=2, tickvals=list(range(K)), ticktext=[str(class_names[j]) if class_names else str(j) for j in range(K)])
-        for col in (1, 2):
-            fig.add_trace(go.Scatter(x=[], y=[], mode='lines', line=dict(color='#d62728', width=2), showlegend=False,
-                                     hoverinfo='skip', meta=f'frame{i}:{col}'), row=i+1, col=col)
+        for col in (1, 2):   # a frame around the member nearest t (a layout shape: traces on a heatmap hide its cells)
+            fig.add_shape(type='rect', x0=0, x1=1, y0=0, y1=1, line=dict(color='#d62728', width=2), fillcolor='rgba(0,0,0,0)',
+                          name=f'frame{i}:{col}', visible=False, row=i+1, col=col)
         pd, pc = int(de['mean'][i].argmax()), int(de['clean'][i].argmax())
         nm = (lambda j: str(class_names[j]) if class_names else str(j))
-        _by_name(fig)[f'heat{i}'].text = (f"DE: {nm(pd)} ({float(de['mean'][i, pd]):.2f}) &middot; clean: {nm(pc)} "
-                                              f"({float(de['clean'][i, pc]):.2f})" + ('' if labels is None else f" &middot; true {nm(int(labels[i]))}"))
+        _by_name(fig)[f'heat{i}'].text = (f"DE: {nm(pd)} ({float(de['mean'][i, pd]):.2f}) · clean: {nm(pc)} "
+                                              f"({float(de['clean'][i, pc]):.2f})" + ('' if labels is None else f" · true {nm(int(labels[i]))}"))
     fig.update_annotations(font_size=13)
     fig.update_layout(height=max(260, 230*N + 40), width=1050, margin=dict(l=60, r=10, t=40, b=40), template='plotly_white', uirevision='de')
     return patch_de_figure(fig, de, t)
 
+def _by_shape(fig)->dict: return {sh.name: sh for sh in fig.layout.shapes}
+
 def patch_de_figure(fig, de:dict, t:int):
     "Frame the member nearest `t` (nothing when t lies outside S)."
-    tr, S, N = _by_meta(fig), len(de['t']), de['probs'].shape[1]
-    K, Wd = de['probs'].shape[-1], de['x0_hat'].shape[-1]
+    sh, N = _by_shape(fig), de['probs'].shape[1]
+    K, (H, Wd) = de['probs'].shape[-1], de['x0_hat'].shape[-2:]
     j = _nearest(de['t'], t)
     for i in range(N):
-        if j is None: tr[f'frame{i}:1'].update(x=[], y=[]); tr[f'frame{i}:2'].update(x=[], y=[]); continue
-        a, b = j*(Wd+1) - 0.5, j*(Wd+1) + Wd - 0.5
-        H = de['x0_hat'].shape[-2]
-        tr[f'frame{i}:1'].update(x=[a, b, b, a, a], y=[-0.5, -0.5, H-0.5, H-0.5, -0.5])
-        tr[f'frame{i}:2'].update(x=[-0.5, K-0.5, K-0.5, -0.5, -0.5], y=[j-0.5, j-0.5, j+0.5, j+0.5, j-0.5])
+        if j is None:
+            sh[f'frame{i}:1'].visible = sh[f'frame{i}:2'].visible = False; continue
+        sh[f'frame{i}:1'].update(visible=True, x0=j*(Wd+1) - 0.5, x1=j*(Wd+1) + Wd - 0.5, y0=-0.5, y1=H - 0.5)
+        sh[f'frame{i}:2'].update(visible=True, x0=-0.5, x1=K - 0.5, y0=j - 0.5, y1=j + 0.5)
     return fig
 
 # %% ../nbs/13_widgets.ipynb #10a4417c
@@ -446,7 +447,7 @@ class Explorer:
         if self.panel is not None: self._render_panel(self.panel)
         self.last_render_ms = (time.perf_counter() - t0) * 1e3
         self.status.value = (f"t={self.t.value}: sqrt(abar_t)={math.sqrt(self.state['abar']):.3f}, sigma_t={self.state['sigma']:.3f}, "
-                             f"sigma_t/sqrt(abar_t)={self.state['sigma']/math.sqrt(self.state['abar']):.3f} &middot; "
+                             f"sigma_t/sqrt(abar_t)={self.state['sigma']/math.sqrt(self.state['abar']):.3f} · "
                              f"rendered in {self.last_render_ms:.0f} ms")
 
     def _render_panel(self, p:str, force:bool=False):
@@ -546,7 +547,7 @@ def _grad_cols(ex)->dict:
 def _grad_build(ex): return gradient_figure(_grad_cols(ex), ex.names)
 def _grad_patch(ex, fig, force=False): patch_gradient_figure(fig, _grad_cols(ex))
 
-PANELS['gradient'] = Panel('Gradient through the denoiser', _grad_build, _grad_patch)
+PANELS['gradient'] = Panel('Gradients', _grad_build, _grad_patch)
 
 # %% ../nbs/13_widgets.ipynb #9223b0ed
 def jacobian_state(denoiser:Denoiser, x:torch.Tensor, # one image 1 x C x H x W (or C x H x W) in [0,1]
@@ -612,4 +613,4 @@ def _jac_patch(ex, fig, force=False):
     elif not ex.jac_status.value.endswith(f'(now t={ex.t.value})'):
         ex.jac_status.value = ex.jac_status.value.split(' (now')[0] + f' (now t={ex.t.value})'
 
-PANELS['jacobian'] = Panel('Jacobian components', _jac_build, _jac_patch, _jac_controls)
+PANELS['jacobian'] = Panel('Jacobian', _jac_build, _jac_patch, _jac_controls)

@@ -104,7 +104,7 @@ _HEATMAP_JS = """() => { const im = document.querySelector('.jp-OutputArea .js-p
 
 def test_explorer_in_jupyterlab(jupyterlab, browser, tmp_path):
     "Open the explorer notebook, run it, move the t slider: the x_t picture and the status line change."
-    ctx = browser.new_context(viewport=dict(width=1500, height=1100))
+    ctx = browser.new_context(viewport=dict(width=1500, height=2000))
     page = ctx.new_page()
     page_errors = []
     page.on('pageerror', lambda e: page_errors.append(str(e)))
@@ -145,6 +145,14 @@ def test_explorer_in_jupyterlab(jupyterlab, browser, tmp_path):
         page.wait_for_timeout(500)   # let plotly finish painting
         assert fig.screenshot() != shot_before, 'the figure looks the same after moving the slider'
         keep_screenshot(page, tmp_path, 'explorer.png')
+        # the DE tab is open from the start; open the gradient tab: its figure is built and drawn in the browser
+        n_plots = page.locator('.jp-OutputArea .js-plotly-plot').count()
+        page.get_by_role('tab', name='Gradients').click()
+        page.wait_for_function(f"() => document.querySelectorAll('.jp-OutputArea .js-plotly-plot').length > {n_plots}", timeout=60_000)
+        box = page.locator('.jp-OutputArea-output .widget-vbox').first
+        box.scroll_into_view_if_needed(); page.wait_for_timeout(500)
+        shot = tmp_path/'explorer-widget.png'; box.screenshot(path=str(shot)); shutil.copy(shot, screenshot_dir()/shot.name)
+        print(f'screenshot: {screenshot_dir()/shot.name}')
         ms = float(re.search(r'rendered in (\d+) ms', status_after).group(1))
         print(f'explorer: t {t_before} -> {t_after}, kernel render {ms:.0f} ms')
         assert not page.evaluate(_ERRORS_JS)
