@@ -492,9 +492,11 @@ def explore(classifier=None, # a classifier, a dict {name: classifier}, or None:
     if denoiser is None:
         from diffaug_nb.scoremodel import load_denoiser
         denoiser = load_denoiser()
-    if classifier is None:
+    if classifier is None:   # the plain classifier (trained if absent) and, when already trained, the DiffAug one
         from diffaug_nb.train import get_classifier
         classifier = {'plain': get_classifier(progress=False, device=denoiser.device)}
+        try: classifier['DiffAug'] = get_classifier(diffaug=True, train_if_absent=False, progress=False, device=denoiser.device)
+        except FileNotFoundError: pass
     return Explorer(classifier, denoiser, images, **kwargs)
 
 # %% ../nbs/13_widgets.ipynb #6ee7f016
