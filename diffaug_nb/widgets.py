@@ -97,10 +97,19 @@ def slider_state(classifiers, # a classifier or a dict {name: classifier} ([0,1]
 def member_predictions(classifiers, denoiser:Denoiser, x:torch.Tensor, # images N x C x H x W in [0,1]
                        ts, # time steps
                        noise:torch.Tensor, # the fixed eps, shaped like x (shared by every t)
-                       clamp:bool=True)->dict:
-    "{name: `predict_de` members {'t', 'probs' |ts| x N x K, 'x0_hat'}} for each classifier, with the fixed noise."
-    return {n: predict_de(c, denoiser, x, ts, noise=noise, clamp=clamp, return_members=True, progress=False,
-                          device=denoiser.device)[1] for n, c in as_classifiers(classifiers).items()}
+                       clamp:bool=True, batch_size:int=256)->dict:
+    "{name: `predict_de` members {'t', 'probs' |ts| x N x K, 'x0_hat'}}: one denoising pass, every classifier on its x0_hat."
+    clfs = as_classifiers(classifiers); names = list(clfs)
+    _, m = predict_de(clfs[names[0]], denoiser, x, ts, noise=noise, clamp=clamp, return_members=True, progress=False,
+                      device=denoiser.device)
+    res, (S, N) = {names[0]: m}, m['x0_hat'].shape[:2]
+    flat = m['x0_hat'].flatten(0, 1)
+    for n in names[1:]:   # the other classifiers see the same denoised images: no second pass through the denoiser
+        with torch.no_grad():
+            p = torch.cat([F.softmax(clfs[n](flat[i:i+batch_size].to(denoiser.device)).float(), -1).cpu()
+                           for i in range(0, len(flat), batch_size)])
+        res[n] = dict(t=m['t'], probs=p.reshape(S, N, -1), x0_hat=m['x0_hat'])
+    return res
 
 def entropy_curve(classifiers, denoiser:Denoiser, x:torch.Tensor, # images N x C x H x W in [0,1]
                   ts, # the time steps of the curve
