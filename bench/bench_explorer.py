@@ -3,7 +3,7 @@ x0_hat, every classifier's probabilities and entropy, patch the FigureWidget) fo
 
 The denoiser is `diffaug_nb.scoremodel.make_unet()` (the embedded UNet's architecture, ~1.06M parameters; random
 weights unless `--trained`: the cost does not depend on them); the classifiers are the project's small CNN
-(`diffaug_nb.train.make_classifier('cnn')`), untrained unless `--trained`. Each configuration moves the slider
+(`diffaug_nb.train.make_classifier('cnn')`), untrained unless `--trained` (then the cached plain and DiffAug ones). Each configuration moves the slider
 `--moves` times (t = 10, 30, 50, ...) after one warm-up move and reports the median and max per move, plus the
 explorer's start-up time (the entropy curve and DE members, computed once per seed). The Jacobian tab computes
 on demand (`top_singular`, k=6), timed separately.
@@ -44,6 +44,8 @@ def main(argv=None):
     if a.trained:
         den = load_denoiser('embedded', train_if_absent=False, device='cpu')
         clfs = {'plain': get_classifier(progress=False, device='cpu')}
+        try: clfs['DiffAug'] = get_classifier(diffaug=True, train_if_absent=False, progress=False, device='cpu')
+        except FileNotFoundError: pass
     else:
         den = Denoiser(make_unet(28), vp_scheduler()).eval()
         clfs = {}
