@@ -117,3 +117,13 @@ def test_executed_outputs_and_figures_offline(tmp_path):
     index = (site / 'index.html').read_text(encoding='utf-8')   # no index.ipynb: a generated home page
     assert 'href="tiny.html"' in index and 'A page with a figure.' in index
     assert offline_problems(site) == []
+
+
+def test_quarto_config_for_nbdev_docs():
+    "Where Quarto exists, `nbdev-docs` renders a website with a sidebar from nbs/_quarto.yml (nbdev's template)."
+    import yaml
+    q = yaml.safe_load((NBS / '_quarto.yml').read_text())
+    assert q['project']['type'] == 'website'
+    assert q['format']['html']['theme'] and q['format']['html']['css'] == 'styles.css' and (NBS / 'styles.css').exists()
+    assert 'sidebar' in q['website'] and q['website']['navbar']['search'] is True
+    assert q['metadata-files'] == ['nbdev.yml', 'sidebar.yml']   # both written by nbdev-docs before rendering
