@@ -43,16 +43,17 @@ def _split_cached(split:str, size:int|None):
     "`load_mnist5k` parses a CSV (seconds); keep the split for the process."
     return load_mnist5k(split, size=size)
 
-def pick_images(images=(0,), # an index, a list of indices into `split`, or a tensor N x C x H x W (or C x H x W) in [0,1]
+def pick_images(images=(0,), # an index, a list of indices into `split`, or a tensor/array N x C x H x W (or C x H x W) in [0,1]
                 labels=None, # labels for a tensor (ignored for indices: taken from the data set)
                 split:str='test', # the MNIST-5k split the indices refer to
                 size:int|None=None, # image size the denoiser expects (None: no check)
                )->tuple:
     "The images to explore -> (x N x C x H x W in [0,1], labels long tensor or None, row names)."
     if isinstance(images, (int, np.integer)): images = [int(images)]
+    if isinstance(images, np.ndarray) and images.ndim >= 3: images = torch.from_numpy(images)
     if isinstance(images, torch.Tensor):
         x = images[None] if images.ndim == 3 else images
-        x = check_images(x.float(), name='explorer images')
+        x = check_images(x, name='explorer images')
         y = None if labels is None else torch.as_tensor(labels).long().reshape(-1)
         if y is not None and len(y) != len(x): raise ValueError(f"got {len(y)} labels for {len(x)} images")
         names = [f"image {i}" for i in range(len(x))]
@@ -364,7 +365,7 @@ class Explorer:
                                      layout=W.Layout(width='auto'))
         self.seed = W.BoundedIntText(value=seed, min=0, max=2**31-1, description='noise seed', layout=W.Layout(width='170px'))
         self.status = W.HTML()
-        by_index = not isinstance(images, torch.Tensor)
+        by_index = not isinstance(images, (torch.Tensor, np.ndarray))
         self.images = W.Text(value=', '.join(str(int(i)) for i in ([images] if isinstance(images, (int, np.integer)) else images)) if by_index else '',
                              description=f'{split} #', continuous_update=False, disabled=not by_index,
                              tooltip=f'indices into the MNIST-5k {split} split, comma-separated', layout=W.Layout(width='230px'))
