@@ -139,6 +139,7 @@ def test_explorer_in_jupyterlab(jupyterlab, browser, tmp_path):
         page.wait_for_function("(s) => { const e = document.querySelector('.widget-html-content'); return e && e.textContent !== s && /rendered in/.test(e.textContent) }",
                                arg=status_before, timeout=60_000)
         status_after = page.locator('.widget-html-content').first.text_content()
+        assert 'error' not in status_after, status_after
         t_before = int(re.search(r't=(\d+)', status_before).group(1))
         t_after = int(re.search(r't=(\d+)', status_after).group(1))
         assert t_after > t_before, (status_before, status_after)
