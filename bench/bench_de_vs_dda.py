@@ -92,6 +92,9 @@ def main(argv=None):
     ratios = {'DDA / DE': med['DDA'] / med['DE'], 'DE / DE floor': med['DE'] / med['DE floor'],
               'DDA / DDA floor': med['DDA'] / med['DDA floor'], 'DE / default': med['DE'] / med['default'],
               'paper DDA / DE (Table 7)': 4.75 / 0.5}
+    # paired per round: both modes ran back to back under the same load, so the round-wise ratio drifts less
+    paired = lambda a, b: statistics.median(x / y for x, y in zip(times[a], times[b]))
+    ratios.update({'DDA / DE (paired rounds)': paired('DDA', 'DE'), 'DE / DE floor (paired)': paired('DE', 'DE floor')})
     for k, v in ratios.items(): print(f"  {k:26s} {v:6.2f}x")
     if a.json:
         with open(a.json, 'w') as fh:
