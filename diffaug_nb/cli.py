@@ -42,7 +42,10 @@ def _parser():
     sweep_parser(sub.add_parser('sweep', help='run an experiment notebook over a parameter grid (GRID: a YAML or JSON file)'))
     d = sub.add_parser('docs', help='build the offline docs site')
     d.add_argument('--out', default=None, help='site folder (default: _site/)')
-    d.add_argument('--execute', action='store_true', help='execute the notebooks while building')
+    d.add_argument('--no-execute', dest='execute', action='store_false',
+                   help='do not execute the notebooks (faster; pages then show code and API docs only)')
+    d.add_argument('--strict', action='store_true', help='fail on a notebook that fails instead of rendering it with a warning')
+    d.add_argument('--no-cache', action='store_true', help='rebuild every page')
     sub.add_parser('settings', help='print the settings in effect (settings.ini < DIFFAUG_* env vars)')
     return p
 
@@ -94,7 +97,7 @@ def main(argv:list[str]|None=None)->int:
         return sweep_main(args)
     elif args.cmd == 'docs':
         from diffaug_nb.docs import build_docs
-        print(f"docs site: {build_docs(args.out, execute=args.execute)}")
+        print(f"docs site: {build_docs(args.out, execute=args.execute, strict=args.strict, cache=not args.no_cache)}")
     elif args.cmd == 'settings':
         for k, v in settings().items(): print(f'{k:15s} {v}')
     return 0
