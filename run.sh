@@ -55,6 +55,8 @@ case "${1:-}" in
   cli) shift; setup; exec diffaug-nb "$@" ;;
   test)
     start=$(date +%s)
+    # tests are many small tensor ops in parallel processes: one OpenMP thread each avoids oversubscription
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
     setup; browser_deps
     check_sync
     echo "== nbdev-test (notebooks in nbs/)"
