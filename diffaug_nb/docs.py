@@ -129,6 +129,8 @@ def _widget_figures(model_id:str, state:dict, seen=None)->list:
     m = state[model_id]; s = m.get('state', {})
     if m.get('model_name') == 'FigureModel' or s.get('_model_name') == 'FigureModel':
         return [{'data': s.get('_data', []), 'layout': s.get('_layout', {})}]
+    if '_widget_data' in s:  # plotly >= 6: go.FigureWidget is an anywidget ('AnyModel')
+        return [{'data': s.get('_widget_data', []), 'layout': s.get('_widget_layout', {})}]
     res = []
     for v in s.values():
         for o in (v if isinstance(v, list) else [v]):
