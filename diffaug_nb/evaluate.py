@@ -16,9 +16,9 @@ from .data import check_images
 from .diffusion import Denoiser, to_model, to_unit
 
 # %% auto #0
-__all__ = ['DDA_DEFAULTS', 'MODES', 'image_noise', 'entropy', 'predict_default', 'predict_de', 'entropy_vs_t', 'entropy_figure',
-           'lowpass', 'default_D', 'dda_scale', 'dda_timesteps', 'sample_dda', 'dda_adapt', 'predict_dda',
-           'evaluate_modes']
+__all__ = ['DDA_DEFAULTS', 'MODES', 'eval_mode', 'image_noise', 'entropy', 'predict_default', 'predict_de', 'entropy_vs_t',
+           'entropy_figure', 'lowpass', 'default_D', 'dda_scale', 'dda_timesteps', 'sample_dda', 'dda_adapt',
+           'predict_dda', 'evaluate_modes']
 
 # %% ../nbs/07_evaluate.ipynb #97bcd8d9
 def _prep(classifier, denoiser, device):
@@ -29,7 +29,7 @@ def _prep(classifier, denoiser, device):
     return dev
 
 @contextmanager
-def _eval_mode(*ms):
+def eval_mode(*ms):
     "Evaluation mode (BatchNorm statistics, no dropout) for the modules among `ms` inside the block; modes restored after."
     ms = [m for m in ms if isinstance(m, nn.Module)]
     was = [m.training for m in ms]
@@ -64,7 +64,7 @@ def predict_default(classifier:Callable, # [0,1] images -> logits
                     progress:bool=True)->torch.Tensor:
     "Default mode: softmax(classifier(x)), N x K (on the CPU)."
     check_images(x); dev = _prep(classifier, None, device)
-    with _eval_mode(classifier):
+    with eval_mode(classifier):
         out = [torch.softmax(classifier(x[i:i+batch_size].to(dev)).float(), -1).cpu()
                for i in tqdm(range(0, len(x), batch_size), desc='default', disable=not progress, leave=False)]
     return torch.cat(out)
@@ -91,7 +91,7 @@ def predict_de(classifier:Callable, # [0,1] images -> logits
         if noise.shape != (len(ts), *x.shape):
             raise ValueError(f"noise must be N x C x H x W {tuple(x.shape)} or |S| x N x C x H x W, got {tuple(noise.shape)}")
     probs, imgs = [], []
-    with _eval_mode(classifier, denoiser):
+    with eval_mode(classifier, denoiser):
         for i in tqdm(range(0, len(x), batch_size), desc='DE', disable=not progress, leave=False):
             xb = x[i:i+batch_size].to(dev)
             nb = (noise[:, i:i+batch_size].to(dev) if noise is not None
@@ -225,7 +225,7 @@ def dda_adapt(denoiser:Denoiser,
     check_images(x); dev = _prep(None, denoiser, device)
     steps = kw.get('steps', DDA_DEFAULTS['steps'])
     out = []
-    with _eval_mode(denoiser):
+    with eval_mode(denoiser):
         for i in tqdm(range(0, len(x), batch_size), desc='DDA', disable=not progress, leave=False):
             xb = to_model(x[i:i+batch_size].to(dev))
             nz = image_noise(range(i, i + len(xb)), (steps + 1, *x.shape[1:]), seed, dev).transpose(0, 1)

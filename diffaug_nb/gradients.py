@@ -7,9 +7,10 @@ Docs: https://diffaug-nb.github.io/diffaug-nb/gradients.html.md"""
 # %% ../nbs/10_gradients.ipynb #09165c3f
 from __future__ import annotations
 from collections import OrderedDict
-from contextlib import contextmanager
 import numpy as np, torch, torch.nn as nn
 from .diffusion import Denoiser, to_model, to_unit
+from .evaluate import eval_mode  # BatchNorm must not mix the batch into a gradient
+
 
 # %% auto #0
 __all__ = ['DenoiseClassify', 'denoised_grad', 'direct_grad', 'minmax_normalise', 'contrast_stretch', 'gradient_panels',
@@ -36,16 +37,6 @@ class DenoiseClassify(nn.Module):
             return out.log_softmax(-1) if self.log_probs else out
 
 # %% ../nbs/10_gradients.ipynb #5c095873
-@contextmanager
-def _eval_mode(*ms):
-    "Modules in eval mode inside the block (BatchNorm must not mix the batch into a gradient), modes restored after."
-    ms = [m for m in ms if isinstance(m, nn.Module)]
-    modes = [m.training for m in ms]
-    for m in ms: m.eval()
-    try: yield
-    finally:
-        for m, md in zip(ms, modes): m.train(md)
-
 def _logp_grad(f, x:torch.Tensor, y:torch.Tensor)->torch.Tensor:
     "d/dx sum_b log softmax(f(x))_b,y_b, per image."
     x = x.detach().clone().requires_grad_()
@@ -60,14 +51,14 @@ def denoised_grad(classifier:nn.Module, # [0,1] images -> logits
                   y, # target class per image (B,)
                   clamp:bool=False)->torch.Tensor:
     "d log p(y | x0_hat(x_t)) / d x_t through the denoiser (Eq. 7), [0,1] units, B x C x H x W."
-    with _eval_mode(classifier, denoiser):
+    with eval_mode(classifier, denoiser):
         return _logp_grad(DenoiseClassify(classifier, denoiser, t, clamp), x_t, y)
 
 def direct_grad(classifier:nn.Module, # [0,1] images -> logits
                 x:torch.Tensor, # images (e.g. the noisy x_t in [0,1] units), B x C x H x W
                 y)->torch.Tensor:
     "d log p(y | x) / d x of the classifier applied to x directly (no denoiser), B x C x H x W."
-    with _eval_mode(classifier):
+    with eval_mode(classifier):
         return _logp_grad(classifier, x, y)
 
 # %% ../nbs/10_gradients.ipynb #cb529798

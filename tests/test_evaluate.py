@@ -201,7 +201,7 @@ def test_evaluate_modes():
         evaluate_modes(clf, den, x, y[:3], device='cpu')
 
 
-def test_modules_run_in_eval_mode_and_modes_are_restored():
+def test_modules_run_ineval_mode_and_modes_are_restored():
     import torch.nn as nn
     bn = nn.Sequential(nn.Flatten(), nn.Linear(16, 3), nn.BatchNorm1d(3)).train()
     bn(torch.rand(32, 1, 4, 4))
