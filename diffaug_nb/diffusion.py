@@ -13,7 +13,8 @@ from diffusers import DDPMScheduler, ScoreSdeVeScheduler, UNet2DModel
 from .config import get_device
 
 # %% auto #0
-__all__ = ['to_model', 'to_unit', 'vp_scheduler', 've_scheduler', 'Denoiser', 'tiny_unet', 'EmpiricalDenoiser']
+__all__ = ['to_model', 'to_unit', 'vp_scheduler', 've_scheduler', 'Denoiser', 'tiny_unet', 'AnalyticDenoiser',
+           'EmpiricalDenoiser']
 
 # %% ../nbs/02_diffusion.ipynb #78926c1a
 def to_model(x01:torch.Tensor)->torch.Tensor:
@@ -151,10 +152,22 @@ def tiny_unet(size:int=8, channels:int=1, width:int=8)->UNet2DModel:
                        up_block_types=('UpBlock2D', 'UpBlock2D'), norm_num_groups=4)
 
 # %% ../nbs/02_diffusion.ipynb #099e3646
-class EmpiricalDenoiser(Denoiser):
+class AnalyticDenoiser(Denoiser):
+    "A network-free denoiser defined by its exact `x0_hat`; `mean_hat` and `eps` follow from it."
+    def __init__(self, scheduler): super().__init__(None, scheduler)
+
+    def mean_hat(self, x, t):
+        "E[m_t|x] = sqrt(abar_t) E[x0|x] (exact)."
+        return self.m_scale(t, x) * self.x0_hat(x, t)
+
+    def eps(self, x, t):
+        "The optimal eps prediction (x - E[m_t|x]) / sigma(t)."
+        return (x - self.mean_hat(x, t)) / self.sigma(t, x)
+
+class EmpiricalDenoiser(AnalyticDenoiser):
     "The exact optimal denoiser of a finite point set (points in model space, N x ...), same methods as `Denoiser`."
     def __init__(self, points:torch.Tensor, scheduler):
-        super().__init__(None, scheduler)
+        super().__init__(scheduler)
         self.register_buffer('points', points.clone())
 
     def weights(self, x, t):
@@ -168,14 +181,6 @@ class EmpiricalDenoiser(Denoiser):
         "E[x0|x] = sum_i w_i(x) p_i (exact)."
         x0 = (self.weights(x, t) @ self.points.flatten(1).to(x.dtype)).reshape(x.shape)
         return x0.clamp(-1, 1) if clamp else x0
-
-    def mean_hat(self, x, t):
-        "E[m_t|x] = sqrt(abar_t) E[x0|x] (exact)."
-        return self.m_scale(t, x) * self.x0_hat(x, t)
-
-    def eps(self, x, t):
-        "The optimal eps prediction (x - E[m_t|x]) / sigma(t)."
-        return (x - self.mean_hat(x, t)) / self.sigma(t, x)
 
     def cov_m(self, x, t):
         "Cov[m_t|x] = abar_t (sum_i w_i p_i p_i^T - E[x0|x] E[x0|x]^T), shape B x D x D."

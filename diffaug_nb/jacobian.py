@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from typing import NamedTuple
 import numpy as np, torch, torch.nn as nn
 from torch.func import jacrev, jvp, vjp, vmap
-from .diffusion import Denoiser, EmpiricalDenoiser, to_model, to_unit
+from .diffusion import Denoiser, AnalyticDenoiser, EmpiricalDenoiser, to_model, to_unit
 
 # %% auto #0
 __all__ = ['classic_attention', 'denoiser_fn', 'denoiser_jacobian', 'JacobianSVD', 'jacobian_svd', 'plot_components',
@@ -166,12 +166,12 @@ def theorem41_gap(den:EmpiricalDenoiser, # exact denoiser with `cov_m`
     return ((J - C).abs().max() / C.abs().max().clamp(min=1.)).item()
 
 # %% ../nbs/11_jacobian.ipynb #3a31564d
-class GaussianDenoiser(Denoiser):
+class GaussianDenoiser(AnalyticDenoiser):
     "The exact denoiser of Gaussian data x0 ~ N(mu, Sigma) (model space, flattened D = C*H*W), same methods as `Denoiser`."
     def __init__(self, mu:torch.Tensor, # mean, any shape with D elements (one image)
                  Sigma:torch.Tensor, # D x D covariance
                  scheduler):
-        super().__init__(None, scheduler)
+        super().__init__(scheduler)
         self.shape = tuple(mu.shape)
         self.register_buffer('mu', mu.reshape(-1).clone())
         self.register_buffer('Sigma', Sigma.clone())
@@ -192,14 +192,6 @@ class GaussianDenoiser(Denoiser):
         r = x.flatten(1) - self.m_scale(t, x).flatten(1)[:, :1] * mu
         x0 = (mu + (self.jacobian_x0(x, t) @ r[..., None])[..., 0]).reshape(x.shape)
         return x0.clamp(-1, 1) if clamp else x0
-
-    def mean_hat(self, x, t):
-        "E[m_t|x] = sqrt(abar) E[x0|x]."
-        return self.m_scale(t, x) * self.x0_hat(x, t)
-
-    def eps(self, x, t):
-        "The optimal eps prediction (x - E[m_t|x]) / sigma."
-        return (x - self.mean_hat(x, t)) / self.sigma(t, x)
 
     def cov_m(self, x, t):
         "Cov[m_t|x] = abar Cov[x0|x] = abar sigma^2 Sigma (abar Sigma + sigma^2 I)^-1, B x D x D."
