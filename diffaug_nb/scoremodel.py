@@ -11,14 +11,15 @@ from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
 from diffusers import UNet2DModel
 from diffusers.training_utils import EMAModel
+from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 from .config import settings, get_device, params_key, atomic_write_text, atomic_torch_save
 from .data import load_mnist5k, check_images
 from .diffusion import Denoiser, vp_scheduler, to_model, to_unit, tiny_unet
 
 # %% auto #0
-__all__ = ['EMBEDDED', 'make_unet', 'train_score_model', 'embedded_params', 'embedded_model_dir', 'is_trained', 'load_embedded',
-           'load_denoiser', 'denoise_grid', 'plot_grid', 'x0hat_accuracy']
+__all__ = ['EMBEDDED_MODELS', 'make_unet', 'train_score_model', 'embedded_params', 'embedded_model_dir', 'is_trained',
+           'load_embedded', 'load_denoiser', 'denoise_grid', 'plot_grid', 'x0hat_accuracy']
 
 # %% ../nbs/03_scoremodel.ipynb #3e14a021
 def make_unet(size:int=28, channels:int=1, width:int=32)->UNet2DModel:
@@ -35,12 +36,15 @@ def _versions():
 
 def train_score_model(x:torch.Tensor, # training images N x C x H x W in [0,1]
                       out_dir:str|Path, # the diffusers directory to write (checkpoints go in out_dir/checkpoints)
-                      steps:int=1500, # optimiser steps
+                      steps:int=1500, # optimiser steps of this run (>= 1)
                       batch_size:int=128,
-                      lr:float=1e-3,
+                      lr:float=1e-3, # peak learning rate
                       width:int=32, # UNet base width
                       schedule:str='linear', # VP beta schedule: 'linear' or 'cosine'
                       ema_decay:float=0.999,
+                      lr_schedule:str='constant', # diffusers `get_scheduler` name: 'constant' or 'cosine', ...
+                      warmup:int=0, # linear warm-up steps of the learning rate (not used by 'constant')
+                      init_from:str|Path|None=None, # a trained diffusers directory to start from (warm start)
                       ckpt_every:int=100, # steps between checkpoints
                       seed:int=0,
                       device='auto',
@@ -49,24 +53,32 @@ def train_score_model(x:torch.Tensor, # training images N x C x H x W in [0,1]
                      )->Denoiser:
     "Train an eps-prediction UNet on `x`; resumable from `out_dir/checkpoints/last.pt`; returns the EMA `Denoiser`."
     check_images(x, name='training images')
+    if int(steps) < 1: raise ValueError(f"steps must be >= 1 (got {steps}): a score model with no training step is not a model.")
     out_dir, dev = Path(out_dir), get_device(device)
     ck = out_dir/'checkpoints'/'last.pt'
     torch.manual_seed(seed)
     unet = make_unet(x.shape[-1], x.shape[1], width).to(dev)
+    if init_from is not None:
+        if not is_trained(init_from): raise FileNotFoundError(f"init_from={str(init_from)!r} is not a trained score-model directory.")
+        unet.load_state_dict(UNet2DModel.from_pretrained(Path(init_from)/'unet').state_dict())
     sch = vp_scheduler(schedule)
     den = Denoiser(unet, sch).to(dev)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
+    lrs = get_scheduler(lr_schedule, opt, num_warmup_steps=warmup, num_training_steps=steps)
     ema = EMAModel(unet.parameters(), decay=ema_decay)
     gen = torch.Generator().manual_seed(seed)
     step, losses, elapsed = 0, [], 0.
     if ck.exists():
         st = torch.load(ck, map_location='cpu', weights_only=False)
         unet.load_state_dict(st['unet']); opt.load_state_dict(st['opt']); ema.load_state_dict(st['ema'])
+        if 'lrs' in st: lrs.load_state_dict(st['lrs'])
+        if 'torch_rng' in st: torch.set_rng_state(st['torch_rng'])
         gen.set_state(st['gen']); step, losses, elapsed = st['step'], st['losses'], st['elapsed']
     ema.to(dev)
     def save_ckpt():
-        atomic_torch_save(dict(unet=unet.state_dict(), opt=opt.state_dict(), ema=ema.state_dict(), gen=gen.get_state(),
-                               step=step, losses=losses, elapsed=elapsed), ck)
+        atomic_torch_save(dict(unet=unet.state_dict(), opt=opt.state_dict(), ema=ema.state_dict(), lrs=lrs.state_dict(),
+                               gen=gen.get_state(), torch_rng=torch.get_rng_state(), step=step, losses=losses,
+                               elapsed=elapsed), ck)
     xm = to_model(x)
     t0, unet = time.time() - elapsed, unet.train()
     with tqdm(total=steps, initial=step, disable=not progress, desc='score model') as pbar:
@@ -76,57 +88,80 @@ def train_score_model(x:torch.Tensor, # training images N x C x H x W in [0,1]
             noise = torch.randn((batch_size, *x.shape[1:]), generator=gen)
             x0, t, noise = xm[idx].to(dev), t.to(dev), noise.to(dev)
             loss = F.mse_loss(unet(den.diffuse(x0, t, noise), t).sample, noise)
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); ema.step(unet.parameters())
+            opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); lrs.step(); ema.step(unet.parameters())
             step += 1; losses.append(loss.item()); elapsed = time.time() - t0
             pbar.update(1); pbar.set_postfix(loss=f'{np.mean(losses[-50:]):.4f}')
             if step % ckpt_every == 0 or step == steps: save_ckpt()
     ema.copy_to(unet.parameters())
     den = den.eval()
     den.save_pretrained(out_dir)
+    init = json.loads((Path(init_from)/'provenance.json').read_text()) if init_from is not None else None
     prov = dict(params=dict(steps=steps, batch_size=batch_size, lr=lr, width=width, schedule=schedule, ema_decay=ema_decay,
                             seed=seed, n_train=len(x), image_shape=list(x.shape[1:]), **(extra or {})),
                 steps_done=step, wall_time_s=round(elapsed, 1), device=str(dev), versions=_versions(),
                 n_params=sum(p.numel() for p in unet.parameters()), loss_curve=[round(l, 5) for l in losses],
                 finished=time.strftime('%Y-%m-%dT%H:%M:%S'))
+    if lr_schedule != 'constant' or warmup: prov['params'].update(lr_schedule=lr_schedule, warmup=warmup)
+    if init is not None:
+        prov['params']['init_from'] = Path(init_from).name
+        prov.update(steps_total=init.get('steps_total', init['steps_done']) + step,
+                    wall_time_total_s=round(init.get('wall_time_total_s', init['wall_time_s']) + elapsed, 1))
     atomic_write_text(out_dir/'provenance.json', json.dumps(prov, indent=1))
     return den
 
 # %% ../nbs/03_scoremodel.ipynb #b3378a33
-EMBEDDED = dict(steps=800, batch_size=128, lr=1e-3, width=32, schedule='linear', ema_decay=0.999, seed=0)
+EMBEDDED_MODELS = {
+    'embedded-weak': dict(steps=800, batch_size=128, lr=1e-3, width=32, schedule='linear', ema_decay=0.999, seed=0),
+    'embedded': dict(steps=7200, batch_size=128, lr=5e-4, width=32, schedule='linear', ema_decay=0.999, seed=1,
+                     lr_schedule='cosine', warmup=200, init_from='embedded-weak'),
+}
+_LEGACY = dict(lr_schedule='constant', warmup=0, init_from=None)  # values at which a newer parameter leaves a key unchanged
 
-def embedded_params(**overrides)->dict:
-    "The embedded model's training parameters: `EMBEDDED`, with `steps` from settings.ini, then `overrides`."
-    p = dict(EMBEDDED, steps=int(settings().get('embedded_steps', EMBEDDED['steps'])))
+def embedded_params(name:str='embedded', # a key of `EMBEDDED_MODELS`
+                    **overrides)->dict:
+    "The training parameters of a named embedded model, with `overrides` (None = keep)."
+    if name not in EMBEDDED_MODELS: raise ValueError(f"unknown embedded model {name!r}; known: {sorted(EMBEDDED_MODELS)}")
+    p = {**_LEGACY, **EMBEDDED_MODELS[name]}
     unknown = set(overrides) - set(p)
     if unknown: raise ValueError(f"unknown score-model parameter(s) {sorted(unknown)}; known: {sorted(p)}")
-    return {**p, **{k: v for k, v in overrides.items() if v is not None}}
+    p = {**p, **{k: v for k, v in overrides.items() if v is not None}}
+    if int(p['steps']) < 1: raise ValueError(f"steps must be >= 1 (got {p['steps']}): a score model with no training step is not a model.")
+    return p
 
-def embedded_model_dir(cache_dir=None, **overrides)->Path:
-    "Where the embedded model with these parameters lives (it may not exist yet)."
-    p = embedded_params(**overrides)
-    return Path(cache_dir or settings()['cache_dir'])/f"mnist5k-unet-{params_key(p)}"
+def embedded_model_dir(cache_dir=None, name:str='embedded', **overrides)->Path:
+    "Where the named embedded model with these parameters lives (it may not exist yet)."
+    p = embedded_params(name, **overrides)
+    if p['init_from'] in EMBEDDED_MODELS: p['init_from'] = embedded_model_dir(cache_dir, p['init_from']).name
+    key = params_key({k: v for k, v in p.items() if not (k in _LEGACY and v == _LEGACY[k])})
+    return Path(cache_dir or settings()['cache_dir'])/f"mnist5k-unet-{key}"
 
 def is_trained(path)->bool:
     "A finished model directory has its provenance written last."
     return (Path(path)/'provenance.json').exists() and (Path(path)/'unet'/'config.json').exists()
 
 # %% ../nbs/03_scoremodel.ipynb #60e31ef1
-def load_embedded(device='auto', train_if_absent:bool=True, progress:bool=True, cache_dir=None, **overrides)->Denoiser:
-    "The embedded MNIST score model: loaded from the cache, or trained there first (resumable) if absent."
-    path = embedded_model_dir(cache_dir, **overrides)
+def load_embedded(device='auto', train_if_absent:bool=True, progress:bool=True, cache_dir=None,
+                  name:str='embedded', # a key of `EMBEDDED_MODELS`
+                  **overrides)->Denoiser:
+    "A named embedded MNIST score model: loaded from the cache, or trained there first (resumable) if absent."
+    path = embedded_model_dir(cache_dir, name, **overrides)
     if not is_trained(path):
         if not train_if_absent:
             raise FileNotFoundError(f"no trained embedded score model at {path}; run `diffaug-nb main` "
                                     "(or the train_score_model notebook) to train it.")
+        p = embedded_params(name, **overrides)
+        if p['init_from'] in EMBEDDED_MODELS:   # a warm start from another named model: that one first
+            load_embedded(device, train_if_absent, progress, cache_dir, p['init_from'])
+            p['init_from'] = embedded_model_dir(cache_dir, p['init_from'])
         train_score_model(load_mnist5k('train').tensors[0], path, device=device, progress=progress,
-                          extra=dict(data='mnist5k-train'), **embedded_params(**overrides))
+                          extra=dict(data='mnist5k-train'), **p)
     return Denoiser.from_pretrained(path, device=device)
 
-def load_denoiser(model:str|None=None, # 'embedded', a local diffusers directory, or None (settings.ini)
+def load_denoiser(model:str|None=None, # 'embedded', 'embedded-weak', a local diffusers directory, or None (settings.ini)
                   device='auto', **kw)->Denoiser:
-    "The diffusion model a notebook asks for: the embedded one (trained if absent) or a local directory."
+    "The diffusion model a notebook asks for: a named embedded one (trained if absent) or a local directory."
     model = model or settings()['default_model']
-    return load_embedded(device=device, **kw) if model == 'embedded' else Denoiser.from_pretrained(model, device=device)
+    return load_embedded(device=device, name=model, **kw) if model in EMBEDDED_MODELS else Denoiser.from_pretrained(model, device=device)
 
 # %% ../nbs/03_scoremodel.ipynb #45708f68
 @torch.no_grad()
