@@ -41,7 +41,7 @@ def main(argv=None):
 
     dev = get_device(a.device)
     trained = is_trained(embedded_model_dir())
-    den = (load_denoiser('embedded', device=dev, train_if_absent=False) if trained
+    den = (load_denoiser(device=dev, train_if_absent=False) if trained
            else Denoiser(make_unet(), vp_scheduler()).to(dev).eval())
     torch.manual_seed(0)
     try:  # the project's small CNN (diffaug_nb.train), else a local one of the same kind

@@ -42,7 +42,7 @@ def main(argv=None):
     if a.threads: torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     if a.trained:
-        den = load_denoiser('embedded', train_if_absent=False, device='cpu')
+        den = load_denoiser(train_if_absent=False, device='cpu')
         clfs = {'plain': get_classifier(progress=False, device='cpu')}
         try: clfs['DiffAug'] = get_classifier(diffaug=True, train_if_absent=False, progress=False, device='cpu')
         except FileNotFoundError: pass

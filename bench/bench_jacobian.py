@@ -48,7 +48,7 @@ def main(argv=None):
     if a.threads: torch.set_num_threads(a.threads)
     dev = get_device(a.device)
     torch.manual_seed(0)
-    den = load_denoiser('embedded', train_if_absent=False, device=dev) if a.trained else Denoiser(make_unet(width=a.width), vp_scheduler()).to(dev)
+    den = load_denoiser(train_if_absent=False, device=dev) if a.trained else Denoiser(make_unet(width=a.width), vp_scheduler()).to(dev)
     den = den.eval()
     for p in den.parameters(): p.requires_grad_(False)
     x = torch.randn(1, 1, 28, 28, device=dev)

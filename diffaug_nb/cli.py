@@ -69,7 +69,7 @@ def main_job(params:dict|None=None, run_dir=None, skip_robustness:bool=False)->P
     root = Path(run_dir) if run_dir else settings()['runs_dir']/'main'/time.strftime('%Y%m%d-%H%M%S')
     t0 = time.time()
     # score-model parameters go to step 1 only ('seed' means the classifiers' seed: it goes to step 2)
-    sm_keys = ('steps', 'batch_size', 'lr', 'width', 'schedule', 'device', 'cache_dir', 'n_quality')
+    sm_keys = ('model', 'steps', 'batch_size', 'lr', 'width', 'schedule', 'device', 'cache_dir', 'n_quality')
     sm = _step('score_model', 'train_score_model.ipynb', {k: v for k, v in params.items() if k in sm_keys}, root)
     q = json.loads((sm/'quality.json').read_text())
     print(f"   score model: {q['model_dir']} ({q['steps']} steps)")
@@ -77,7 +77,7 @@ def main_job(params:dict|None=None, run_dir=None, skip_robustness:bool=False)->P
     print(f"   Fig. 1: {sm/'fig1_denoised.png'}")
     rob_nb = experiments_dir()/'robustness.ipynb'
     if not skip_robustness and rob_nb.exists():
-        rp = {k: v for k, v in params.items() if k not in sm_keys or k in ('device', 'cache_dir')}
+        rp = {k: v for k, v in params.items() if k not in sm_keys or k in ('model', 'device', 'cache_dir')}
         rob = _step('robustness', 'robustness.ipynb', rp, root)
         for f in ('table1.txt', 'table1.md'):
             if (rob/f).exists(): print((rob/f).read_text()); break

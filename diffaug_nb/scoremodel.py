@@ -18,8 +18,8 @@ from .data import load_mnist5k, check_images
 from .diffusion import Denoiser, vp_scheduler, to_model, to_unit, tiny_unet
 
 # %% auto #0
-__all__ = ['EMBEDDED_MODELS', 'make_unet', 'train_score_model', 'embedded_params', 'embedded_model_dir', 'is_trained',
-           'load_embedded', 'load_denoiser', 'denoise_grid', 'plot_grid', 'x0hat_accuracy']
+__all__ = ['EMBEDDED_MODELS', 'make_unet', 'train_score_model', 'embedded_name', 'embedded_params', 'embedded_model_dir',
+           'is_trained', 'load_embedded', 'load_denoiser', 'denoise_grid', 'plot_grid', 'x0hat_accuracy']
 
 # %% ../nbs/03_scoremodel.ipynb #3e14a021
 def make_unet(size:int=28, channels:int=1, width:int=32)->UNet2DModel:
@@ -117,10 +117,18 @@ EMBEDDED_MODELS = {
 }
 _LEGACY = dict(lr_schedule='constant', warmup=0, init_from=None)  # values at which a newer parameter leaves a key unchanged
 
-def embedded_params(name:str='embedded', # a key of `EMBEDDED_MODELS`
+def embedded_name(name:str|None=None)->str:
+    "A key of `EMBEDDED_MODELS`: `name`, or settings.ini's `default_model` when None."
+    n = name or settings()['default_model']
+    if n not in EMBEDDED_MODELS:
+        raise ValueError(f"{n!r} is not an embedded model (known: {sorted(EMBEDDED_MODELS)})"
+                         + ("; default_model in settings.ini names a directory: load it with `load_denoiser()`" if name is None else ""))
+    return n
+
+def embedded_params(name:str|None=None, # a key of `EMBEDDED_MODELS` (None: settings.ini `default_model`)
                     **overrides)->dict:
     "The training parameters of a named embedded model, with `overrides` (None = keep)."
-    if name not in EMBEDDED_MODELS: raise ValueError(f"unknown embedded model {name!r}; known: {sorted(EMBEDDED_MODELS)}")
+    name = embedded_name(name)
     p = {**_LEGACY, **EMBEDDED_MODELS[name]}
     unknown = set(overrides) - set(p)
     if unknown: raise ValueError(f"unknown score-model parameter(s) {sorted(unknown)}; known: {sorted(p)}")
@@ -128,7 +136,7 @@ def embedded_params(name:str='embedded', # a key of `EMBEDDED_MODELS`
     if int(p['steps']) < 1: raise ValueError(f"steps must be >= 1 (got {p['steps']}): a score model with no training step is not a model.")
     return p
 
-def embedded_model_dir(cache_dir=None, name:str='embedded', **overrides)->Path:
+def embedded_model_dir(cache_dir=None, name:str|None=None, **overrides)->Path:
     "Where the named embedded model with these parameters lives (it may not exist yet)."
     p = embedded_params(name, **overrides)
     if p['init_from'] in EMBEDDED_MODELS: p['init_from'] = embedded_model_dir(cache_dir, p['init_from']).name
@@ -141,9 +149,10 @@ def is_trained(path)->bool:
 
 # %% ../nbs/03_scoremodel.ipynb #60e31ef1
 def load_embedded(device='auto', train_if_absent:bool=True, progress:bool=True, cache_dir=None,
-                  name:str='embedded', # a key of `EMBEDDED_MODELS`
+                  name:str|None=None, # a key of `EMBEDDED_MODELS` (None: settings.ini `default_model`)
                   **overrides)->Denoiser:
     "A named embedded MNIST score model: loaded from the cache, or trained there first (resumable) if absent."
+    name = embedded_name(name)
     path = embedded_model_dir(cache_dir, name, **overrides)
     if not is_trained(path):
         if not train_if_absent:

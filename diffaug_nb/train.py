@@ -205,21 +205,25 @@ def denoiser_fingerprint(den:Denoiser)->str:
     h.update(den._abar.cpu().numpy().tobytes()); h.update(den._sigma.cpu().numpy().tobytes())
     return h.hexdigest()[:12]
 
+def _is_embedded_name(den)->bool:
+    from diffaug_nb.scoremodel import EMBEDDED_MODELS
+    return isinstance(den, str) and den in EMBEDDED_MODELS
+
 def _denoiser_T(den)->int:
     "Number of diffusion steps of a denoiser (object, 'embedded' or directory) without loading its weights."
     if isinstance(den, Denoiser): return den.T
-    if den in (None, 'embedded'):
+    if den is None or _is_embedded_name(den):
         from diffaug_nb.scoremodel import embedded_model_dir
-        den = embedded_model_dir()
+        den = embedded_model_dir(name=den)
     for f in (Path(den)/'scheduler'/'scheduler_config.json', Path(den)/'scheduler_config.json'):
         if f.exists(): return int(json.loads(f.read_text()).get('num_train_timesteps', 1000))
     return 1000  # diffusers' and vp_scheduler's default
 
 def _denoiser_id(den)->str:
     if isinstance(den, Denoiser): return f"obj-{denoiser_fingerprint(den)}"
-    if den in (None, 'embedded'):
+    if den is None or _is_embedded_name(den):
         from diffaug_nb.scoremodel import embedded_model_dir
-        return embedded_model_dir().name
+        return embedded_model_dir(name=den).name
     return str(Path(den).expanduser().resolve())
 
 def classifier_params(policy:str='none', diffaug:bool=False, denoiser=None, t_min:int=0, t_max:int|None=None,
@@ -245,7 +249,7 @@ def classifier_dir(cache_dir=None, **params)->Path:
 
 def get_classifier(policy:str='none', # augmentation policy name (see `make_policy`), e.g. 'augmix+cutmix'
                    diffaug:bool=False, # add the DiffAug loss term
-                   denoiser=None, # DiffAug's denoiser: None/'embedded', a local diffusers dir, or a `Denoiser`
+                   denoiser=None, # DiffAug's denoiser: None (settings.ini default_model), an embedded name, a local diffusers dir, or a `Denoiser`
                    epochs:int|None=None, # default CLASSIFIER_DEFAULTS['epochs']
                    seed:int=0,
                    arch:str|None=None, # 'cnn' (default) or 'resnet18'
@@ -270,7 +274,7 @@ def get_classifier(policy:str='none', # augmentation policy name (see `make_poli
             den = denoiser if isinstance(denoiser, Denoiser) else None  # an object is used as it is, where it is
             if diffaug and den is None:
                 from diffaug_nb.scoremodel import load_denoiser
-                den = load_denoiser('embedded' if denoiser is None else str(denoiser), device=dev)
+                den = load_denoiser(None if denoiser is None else str(denoiser), device=dev)
             xtr, ytr = load_mnist5k('train').tensors
             xte, yte = load_mnist5k('test').tensors
             torch.manual_seed(p['seed'])
