@@ -123,7 +123,7 @@ def load_torchvision(name:str, # a torchvision.datasets class name, e.g. 'CIFAR1
         raise FileNotFoundError(f"{name} not found under {str(root)!r} ({e}). Downloads are off: copy the data set "
                                 f"there yourself, or pass root=... pointing at a copy.") from None
 
-# %% ../nbs/01_data.ipynb #ad68e3d9
+# %% ../nbs/01_data.ipynb #6fe4d58b
 IMAGENET_C_CORRUPTIONS = ('gaussian_noise', 'shot_noise', 'impulse_noise', 'defocus_blur', 'glass_blur', 'motion_blur',
                           'zoom_blur', 'snow', 'frost', 'fog', 'brightness', 'contrast', 'elastic_transform', 'pixelate',
                           'jpeg_compression')  # the 15 of the benchmark (paper Tables 1, 5)
