@@ -14,8 +14,9 @@ from torch.utils.data import TensorDataset
 from .config import settings
 
 # %% auto #0
-__all__ = ['check_images', 'resize_images', 'load_mnist5k', 'load_digits8', 'diffusion_transform', 'load_imagefolder',
-           'load_torchvision']
+__all__ = ['IMAGENET_C_CORRUPTIONS', 'IMAGENET_C_EXTRA', 'check_images', 'resize_images', 'load_mnist5k', 'load_digits8',
+           'diffusion_transform', 'load_imagefolder', 'load_torchvision', 'load_imagenet', 'load_imagenet_c',
+           'load_imagenet_r', 'load_imagenet_sketch']
 
 # %% ../nbs/01_data.ipynb #febd54c9
 def check_images(x, channels:int|None=None, # expected channel count (None: any)
@@ -86,15 +87,17 @@ def load_digits8(split:str='train', size:int|None=None, pad:bool=False, seed:int
     return TensorDataset(resize_images(x, size, pad), torch.from_numpy(y.astype(np.int64)))
 
 # %% ../nbs/01_data.ipynb #03b4fdc7
-def diffusion_transform(size:int, channels:int=3):
-    "torchvision v2 pipeline: resize the short side to `size`, center-crop `size`, float [0,1]."
+def diffusion_transform(size:int, channels:int=3, crop:int|None=None):
+    "torchvision v2 pipeline: resize the short side to `size`, center-crop `crop` (default `size`), float [0,1]."
     from torchvision.transforms import v2
-    t = [v2.ToImage(), v2.Resize(size, antialias=True), v2.CenterCrop(size)]
+    t = [v2.ToImage(), v2.Resize(size, antialias=True), v2.CenterCrop(crop or size)]
     if channels == 1: t.append(v2.Grayscale(1))
     return v2.Compose(t + [v2.ToDtype(torch.float32, scale=True)])
 
 def load_imagefolder(path:str|Path, # a folder with one sub-folder of images per class
-                     size:int=256, channels:int=3):
+                     size:int=256, channels:int=3,
+                     crop:int|None=None # center-crop size after resizing the short side to `size` (default `size`)
+                    ):
     "An ImageFolder data set with the resize + center-crop DiffAug needs; clear errors for missing/empty folders."
     from torchvision.datasets import ImageFolder
     p = Path(path).expanduser()
@@ -103,7 +106,7 @@ def load_imagefolder(path:str|Path, # a folder with one sub-folder of images per
                                 "ROOT/<class>/<image>.png (relative paths are resolved from the working directory).")
     if not any(c.is_dir() for c in p.iterdir()):
         raise ValueError(f"image folder {str(p)!r} has no class sub-folders; lay it out as ROOT/<class>/<image>.png.")
-    try: return ImageFolder(str(p), transform=diffusion_transform(size, channels))
+    try: return ImageFolder(str(p), transform=diffusion_transform(size, channels, crop))
     except FileNotFoundError as e:
         raise ValueError(f"image folder {str(p)!r} holds no images in its class folders ({e}); "
                          "add .png/.jpg files under ROOT/<class>/.") from None
@@ -119,3 +122,66 @@ def load_torchvision(name:str, # a torchvision.datasets class name, e.g. 'CIFAR1
     except RuntimeError as e:
         raise FileNotFoundError(f"{name} not found under {str(root)!r} ({e}). Downloads are off: copy the data set "
                                 f"there yourself, or pass root=... pointing at a copy.") from None
+
+# %% ../nbs/01_data.ipynb #6fe4d58b
+IMAGENET_C_CORRUPTIONS = ('gaussian_noise', 'shot_noise', 'impulse_noise', 'defocus_blur', 'glass_blur', 'motion_blur',
+                          'zoom_blur', 'snow', 'frost', 'fog', 'brightness', 'contrast', 'elastic_transform', 'pixelate',
+                          'jpeg_compression')  # the 15 of the benchmark (paper Tables 1, 5)
+IMAGENET_C_EXTRA = ('speckle_noise', 'gaussian_blur', 'spatter', 'saturate')  # the 4 held-out ones
+_IMG_EXT = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
+
+def _is_wnid(name:str)->bool: return len(name) == 9 and name[0] == 'n' and name[1:].isdigit()
+
+def _check_class_root(p:Path, what:str, layout:str)->Path:
+    "Refuse a folder that is not one sub-folder per WordNet id, saying which layout was expected."
+    if not p.is_dir(): raise FileNotFoundError(f"{what}: folder {str(p)!r} does not exist; expected the layout {layout}")
+    subs = sorted(c.name for c in p.iterdir() if c.is_dir())
+    if not subs:
+        flat = any(f.suffix.lower() in _IMG_EXT for f in p.iterdir())
+        raise ValueError(f"{what}: {str(p)!r} " + ("holds images directly but no class folders (ImageNet's raw val/ is flat: sort it "
+                         "into one folder per WordNet id first)" if flat else "is empty") + f"; expected the layout {layout}")
+    bad = [s for s in subs if not _is_wnid(s)]
+    if bad: raise ValueError(f"{what}: {str(p)!r} has sub-folders that are not WordNet ids (e.g. {bad[:3]}); expected the layout {layout}")
+    return p
+
+def load_imagenet(root:str|Path, # the ImageNet-1k root holding train/ and val/
+                  split:str='val', size:int=256, crop:int=224):
+    "ImageNet-1k as an ImageFolder: resize the short side to `size`, center-crop `crop` (the paper's 256 -> 224)."
+    layout = f"ROOT/{split}/<wnid>/<image>, e.g. ROOT/{split}/n01440764/ILSVRC2012_val_00000293.JPEG"
+    return load_imagefolder(_check_class_root(Path(root).expanduser()/split, 'ImageNet', layout), size=size, crop=crop)
+
+def load_imagenet_c(root:str|Path, # the ImageNet-C root holding one folder per corruption
+                    corruption:str, # one of IMAGENET_C_CORRUPTIONS (or IMAGENET_C_EXTRA)
+                    severity:int, # 1..5
+                    size:int=256, crop:int=224):
+    "One ImageNet-C corruption at one severity: ROOT/<corruption>/<severity>/<wnid>/<image>."
+    layout = "ROOT/<corruption>/<severity 1-5>/<wnid>/<image>, e.g. ROOT/gaussian_noise/5/n01440764/ILSVRC2012_val_00000293.JPEG"
+    if corruption not in IMAGENET_C_CORRUPTIONS + IMAGENET_C_EXTRA:
+        raise ValueError(f"unknown ImageNet-C corruption {corruption!r}; one of {', '.join(IMAGENET_C_CORRUPTIONS + IMAGENET_C_EXTRA)}")
+    if severity not in (1, 2, 3, 4, 5): raise ValueError(f"ImageNet-C severity must be 1..5, got {severity!r}")
+    r = Path(root).expanduser()
+    if not r.is_dir(): raise FileNotFoundError(f"ImageNet-C: folder {str(r)!r} does not exist; expected the layout {layout}")
+    if not (r/corruption).is_dir():
+        have = sorted(c.name for c in r.iterdir() if c.is_dir())
+        raise FileNotFoundError(f"ImageNet-C: no folder {corruption!r} in {str(r)!r} (it has {have[:6]}); expected the layout {layout}")
+    return load_imagefolder(_check_class_root(r/corruption/str(severity), 'ImageNet-C', layout), size=size, crop=crop)
+
+def load_imagenet_r(root:str|Path, # the imagenet-r folder (200 WordNet-id folders)
+                    wnids:list[str]|None=None, # ImageNet-1k's 1000 class folder names (e.g. `load_imagenet(...).classes`)
+                    size:int=256, crop:int=224):
+    "ImageNet-R (labels 0..199); with `wnids`, `.indices_in_1k` picks its 200 classes' logits of a 1000-class classifier."
+    ds = load_imagefolder(_check_class_root(Path(root).expanduser(), 'ImageNet-R', "ROOT/<wnid>/<image>, e.g. ROOT/n01443537/art_0.jpg"),
+                          size=size, crop=crop)
+    ds.indices_in_1k = None
+    if wnids is not None:
+        order = {w: i for i, w in enumerate(sorted(wnids))}
+        missing = [w for w in ds.classes if w not in order]
+        if missing: raise ValueError(f"ImageNet-R classes {missing[:3]} are not among the {len(order)} wnids given")
+        ds.indices_in_1k = [order[w] for w in ds.classes]
+    return ds
+
+def load_imagenet_sketch(root:str|Path, # the sketch folder (1000 WordNet-id folders)
+                         size:int=256, crop:int=224):
+    "ImageNet-Sketch: ROOT/<wnid>/<image>, the 1000 ImageNet classes."
+    return load_imagefolder(_check_class_root(Path(root).expanduser(), 'ImageNet-Sketch', "ROOT/<wnid>/<image>, e.g. ROOT/n01440764/sketch_0.JPEG"),
+                            size=size, crop=crop)

@@ -84,8 +84,10 @@ class Denoiser(nn.Module):
         return self.m_scale(t, x0) * x0 + self.sigma(t, x0) * noise
 
     def eps(self, x, t):
-        "eps_hat(x, t): the network's noise prediction."
-        return self.unet(x, self.timesteps(t, x.shape[0], x.device)).sample
+        "eps_hat(x, t): the network's noise prediction (the first C channels of a learned-sigma UNet's 2C outputs)."
+        out = self.unet(x, self.timesteps(t, x.shape[0], x.device)).sample
+        # learned-sigma models (guided-diffusion, improved DDPM) also output the variance interpolation: drop it
+        return out[:, :x.shape[1]] if out.shape[1] == 2 * x.shape[1] else out
 
     def score(self, x, t):
         "s(x,t) = grad log p_t(x) = -eps_hat(x,t)/sigma(t)."
