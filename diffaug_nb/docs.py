@@ -6,16 +6,16 @@ Docs: https://diffaug-nb.github.io/diffaug-nb/docs.html.md"""
 
 # %% ../nbs/14_docs.ipynb #bf3f1ffc
 from __future__ import annotations
-import os, re, sys, json, time, shutil, hashlib, subprocess, tempfile, warnings
+import os, re, sys, time, shutil, hashlib, subprocess, tempfile, warnings
 from pathlib import Path
 import yaml
 from html.parser import HTMLParser
-from html import escape as _escape, unescape as _unescape
+from html import escape as _escape
 from concurrent.futures.process import BrokenProcessPool
 from fastcore.nbio import read_nb, write_nb, mk_cell
 from fastcore.parallel import parallel
 from nbdev.config import get_config, nbpath2html
-from nbdev.processors import FilterDefaults, exec_show_docs, _do_eval, _is_showdoc
+from nbdev.processors import FilterDefaults, exec_show_docs, _do_eval
 from nbdev.test import _skip_cell
 
 # %% auto #0

@@ -1,7 +1,6 @@
 "The `diffaug-nb` command as a user runs it (a subprocess of the installed console script)."
 import json, os, shutil, subprocess, sys
 from pathlib import Path
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 EXE = shutil.which('diffaug-nb') or str(Path(sys.executable).parent/'diffaug-nb')
