@@ -144,3 +144,16 @@ def test_run_sh_installs_chromium_as_root_and_as_user(tmp_path, uid):
 def test_run_sh_without_root_or_sudo_says_why(tmp_path):
     calls, out = _browser_deps(tmp_path, 1000, with_sudo=False)
     assert calls == [] and 'not root and no sudo' in out
+
+# --- docs: processing a notebook leaves the process's working directory and environment as they were ----------
+def test_proc_docs_nb_keeps_process_state(tmp_path, monkeypatch):
+    import nbformat
+    from diffaug_nb.docs import proc_docs_nb
+    for k in ('IN_TEST', 'PLOTLY_RENDERER', 'MPLBACKEND'): monkeypatch.delenv(k, raising=False)
+    (tmp_path/'sub').mkdir()
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell('# Page'),
+                                                   nbformat.v4.new_code_cell('import os; here = os.getcwd()')]),
+                   tmp_path/'sub'/'page.ipynb')
+    cwd, env = os.getcwd(), dict(os.environ)
+    assert proc_docs_nb(tmp_path/'sub'/'page.ipynb', tmp_path/'out.ipynb', execute=True) is None
+    assert os.getcwd() == cwd and dict(os.environ) == env
