@@ -17,7 +17,7 @@ Usage:  python bench/bench_diffaug_overhead.py [--reps 15] [--batch 128] [--thre
 """
 from __future__ import annotations
 import argparse, statistics, time
-import torch, torch.nn.functional as F
+import torch
 from diffaug_nb.data import load_mnist5k
 from diffaug_nb.diffusion import Denoiser, vp_scheduler, to_model
 from diffaug_nb.scoremodel import make_unet

@@ -16,7 +16,6 @@ import torch
 from diffaug_nb.diffusion import Denoiser, vp_scheduler
 from diffaug_nb.scoremodel import make_unet, load_denoiser
 from diffaug_nb.train import make_classifier, get_classifier
-from diffaug_nb.data import load_mnist5k
 from diffaug_nb.widgets import explore
 
 

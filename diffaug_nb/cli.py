@@ -11,7 +11,7 @@ from pathlib import Path
 from .config import settings
 
 # %% auto #0
-__all__ = ['SAMPLE_QUALITY_SMALL', 'experiments_dir', 'parse_params', 'main_job', 'main']
+__all__ = ['SAMPLE_QUALITY_SMALL', 'experiments_dir', 'parse_params', 'plan_steps', 'main_job', 'main']
 
 # %% ../nbs/09_cli.ipynb #6a94408b
 def experiments_dir()->Path:
@@ -63,34 +63,58 @@ def _step(name:str, nb:str, params:dict, run_root:Path)->Path:
     print(f"   done in {time.time()-t0:.0f} s", flush=True)
     return path
 
-SAMPLE_QUALITY_SMALL = dict(configs=[['ddim', 25, 200]], seeds=[0], n_real=500)
+_SHARED = ('model', 'device', 'cache_dir')   # parameters both steps receive; any other goes to the first step that has it
+
+def plan_steps(params:dict, # the `-p` parameters
+               skip_robustness:bool=False, # only the score-model step
+              )->dict:
+    "{notebook: its parameters}: every parameter routed to the steps that use it; a ValueError names any no step uses or any bad value."
+    from diffaug_nb.sweep import notebook_parameters, validate_grid
+    from diffaug_nb.scoremodel import EMBEDDED_MODELS, embedded_params
+    from diffaug_nb.config import get_device
+    nbs = ['train_score_model.ipynb'] + ([] if skip_robustness or not (experiments_dir()/'robustness.ipynb').exists()
+                                          else ['robustness.ipynb'])
+    known = {nb: set(notebook_parameters(experiments_dir()/nb)) - {'run_dir'} for nb in nbs}
+    plan, used = {nb: {} for nb in nbs}, set()
+    for k, v in params.items():
+        for nb in nbs:
+            if k in known[nb] and (k in _SHARED or k not in used):
+                plan[nb][k] = v; used.add(k)
+    if unused := [k for k in params if k not in used]:
+        cmd = 'train-score-model (or main --skip-robustness)' if skip_robustness else 'main'
+        raise ValueError(f"parameter(s) {unused} are not used by `diffaug-nb {cmd}`; its notebooks take: "
+                         + '; '.join(f"{nb}: {sorted(known[nb])}" for nb in nbs))
+    for nb in nbs: validate_grid(experiments_dir()/nb, [plan[nb]])   # types against the notebooks' defaults
+    sm = plan['train_score_model.ipynb']
+    if sm.get('model') is None or sm.get('model') in EMBEDDED_MODELS:   # the values the score model will get
+        embedded_params(sm.get('model'), **{k: sm.get(k) for k in ('steps', 'batch_size', 'lr', 'width', 'schedule')})
+    get_device(params.get('device'))   # the parameter, else settings.ini / DIFFAUG_DEVICE
+    return plan
+
+SAMPLE_QUALITY_SMALL = dict(configs=[['ddim', 25, 200]], seeds=[0], n_real=500)   # the main job's small sample-quality step
 
 def main_job(params:dict|None=None, run_dir=None, skip_robustness:bool=False,
              samples:bool=True, # run the small sample-quality step (a grid and the generator numbers)
             )->Path:
     "The main job on the embedded default: score model + Fig. 1 + quality numbers, a small sample-quality run, then robustness."
-    params = params or {}
+    plan = plan_steps(params or {}, skip_robustness)   # every parameter checked before anything runs
     root = Path(run_dir) if run_dir else settings()['runs_dir']/'main'/time.strftime('%Y%m%d-%H%M%S')
     t0 = time.time()
-    # score-model parameters go to step 1 only ('seed' means the classifiers' seed: it goes to step 2)
-    sm_keys = ('model', 'steps', 'batch_size', 'lr', 'width', 'schedule', 'device', 'cache_dir', 'n_quality')
-    sm = _step('score_model', 'train_score_model.ipynb', {k: v for k, v in params.items() if k in sm_keys}, root)
+    sm = _step('score_model', 'train_score_model.ipynb', plan['train_score_model.ipynb'], root)
     q = json.loads((sm/'quality.json').read_text())
     print(f"   score model: {q['model_dir']} ({q['steps']} steps)")
     for k, v in q['accuracy'].items(): print(f"   accuracy {k:32s} {v:.3f}")
     print(f"   Fig. 1: {sm/'fig1_denoised.png'}")
     if samples:
         sq = _step('sample_quality', 'sample_quality.ipynb',
-                   dict(SAMPLE_QUALITY_SMALL, **{k: v for k, v in params.items() if k in ('model', 'device', 'cache_dir')}), root)
+                   dict(SAMPLE_QUALITY_SMALL, **{k: v for k, v in (params or {}).items() if k in _SHARED}), root)
         sqq = json.loads((sq/'quality.json').read_text())
         print(f"   samples: {sqq['configs'][0][1]}-step {sqq['configs'][0][0]}, {sqq['configs'][0][2]} samples (small; "
               "the targets are defined on 1,000 DDIM-50 samples: nbs/experiments/sample_quality.ipynb)")
         for k, v in sqq['targets'].items(): print(f"   {k:15s} {v['value']:8.3f}  target {v['target']:8s} {'PASS' if v['passed'] else 'FAIL'}")
         print(f"   sample grid: {sq/'samples_ddim-25.png'}")
-    rob_nb = experiments_dir()/'robustness.ipynb'
-    if not skip_robustness and rob_nb.exists():
-        rp = {k: v for k, v in params.items() if k not in sm_keys or k in ('model', 'device', 'cache_dir')}
-        rob = _step('robustness', 'robustness.ipynb', rp, root)
+    if 'robustness.ipynb' in plan:
+        rob = _step('robustness', 'robustness.ipynb', plan['robustness.ipynb'], root)
         for f in ('table1.txt', 'table1.md'):
             if (rob/f).exists(): print((rob/f).read_text()); break
         print(f"   figures and metrics: {rob}")
@@ -101,10 +125,13 @@ def main_job(params:dict|None=None, run_dir=None, skip_robustness:bool=False,
 def main(argv:list[str]|None=None)->int:
     "Entry point of the `diffaug-nb` command."
     args = _parser().parse_args(argv)
-    if args.cmd == 'main':
-        main_job(parse_params(args.param), args.run_dir, args.skip_robustness)
-    elif args.cmd == 'train-score-model':
-        main_job(parse_params(args.param), args.run_dir, skip_robustness=True, samples=False)
+    if args.cmd in ('main', 'train-score-model'):
+        params, skip = parse_params(args.param), args.cmd == 'train-score-model' or args.skip_robustness
+        try: plan_steps(params, skip)
+        except (ValueError, TypeError, RuntimeError, FileNotFoundError) as e:
+            print(f"diffaug-nb {args.cmd}: {e}", file=sys.stderr)
+            return 2
+        main_job(params, args.run_dir, skip, samples=args.cmd == 'main')
     elif args.cmd == 'sweep':
         from diffaug_nb.sweep import sweep_main
         return sweep_main(args)
@@ -112,5 +139,9 @@ def main(argv:list[str]|None=None)->int:
         from diffaug_nb.docs import build_docs
         print(f"docs site: {build_docs(args.out, execute=args.execute, strict=args.strict, cache=not args.no_cache)}")
     elif args.cmd == 'settings':
-        for k, v in settings().items(): print(f'{k:15s} {v}')
+        try: s = settings()
+        except (ValueError, FileNotFoundError) as e:
+            print(f"diffaug-nb settings: {e}", file=sys.stderr)
+            return 2
+        for k, v in s.items(): print(f'{k:15s} {v}')
     return 0

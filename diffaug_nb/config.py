@@ -19,8 +19,15 @@ DEFAULTS = dict(data_root='data', cache_dir='data/models', runs_dir='runs', devi
 
 def find_settings(start:Path|str|None=None # folder to start the search from (default: cwd)
                  )->Path|None:
-    "The `settings.ini` in effect: `$DIFFAUG_SETTINGS`, else the nearest one above `start`."
-    if os.environ.get('DIFFAUG_SETTINGS'): return Path(os.environ['DIFFAUG_SETTINGS'])
+    "The `settings.ini` in effect: `$DIFFAUG_SETTINGS` (which must exist), else the nearest one above `start`."
+    if (env := os.environ.get('DIFFAUG_SETTINGS')) is not None:
+        f = Path(env).expanduser()
+        if not f.is_file():
+            raise FileNotFoundError(f"DIFFAUG_SETTINGS={env!r} is not a file; point it at a settings.ini "
+                                    "(a [diffaug] section) or unset it to use the nearest settings.ini.")
+        if '[diffaug]' not in f.read_text():
+            raise ValueError(f"DIFFAUG_SETTINGS={env!r} has no [diffaug] section; see the project's settings.ini.")
+        return f
     p = Path(start or Path.cwd()).resolve()
     for d in [p, *p.parents]:
         f = d/'settings.ini'
@@ -52,15 +59,32 @@ def settings(start=None, # folder to start looking for settings.ini
     return cfg
 
 # %% ../nbs/00_config.ipynb #b28d3b4e
+_DEVICE_TYPES = ('cpu', 'cuda', 'mps')
+
+def _device_source()->str:
+    "Where the `device` setting in effect comes from, for error messages."
+    if 'DIFFAUG_DEVICE' in os.environ: return 'DIFFAUG_DEVICE'
+    f = find_settings()
+    return f"device in {f}" if f else 'the built-in device default'
+
 def get_device(device:str|torch.device|None=None # 'auto', 'cpu', 'cuda', 'cuda:1', a torch.device, or None (settings)
               )->torch.device:
-    "Resolve a device request: None -> settings.ini, 'auto' -> CUDA when present, else CPU."
+    "Resolve a device request: None -> settings.ini/`DIFFAUG_DEVICE`, 'auto' -> CUDA when present, else CPU."
     if isinstance(device, torch.device): return device
-    device = device or settings()['device']
+    src = 'device'
+    if device is None: device, src = settings()['device'], _device_source()
+    hint = "use 'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'"
+    if not isinstance(device, str) or not device.strip(): raise ValueError(f"{src}={device!r} is empty; {hint}.")
     if device == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    d = torch.device(device)
+    if device != device.strip().lower():
+        raise ValueError(f"{src}={device!r}: device names are lower case without spaces; use {device.strip().lower()!r}.")
+    try: d = torch.device(device)
+    except RuntimeError: d = None
+    if d is None or d.type not in _DEVICE_TYPES: raise ValueError(f"{src}={device!r} is not a device this workbench runs on; {hint}.")
     if d.type == 'cuda' and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r} was asked for but CUDA is not available here; pass device='auto' or 'cpu'.")
+        raise RuntimeError(f"{src}={device!r} asks for CUDA but CUDA is not available here; use 'auto' or 'cpu'.")
+    if d.type == 'mps' and not torch.backends.mps.is_available():
+        raise RuntimeError(f"{src}={device!r} asks for MPS but MPS is not available here; use 'auto' or 'cpu'.")
     return d
 
 # %% ../nbs/00_config.ipynb #9e64b3f5

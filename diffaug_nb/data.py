@@ -6,7 +6,7 @@ Docs: https://diffaug-nb.github.io/diffaug-nb/data.html.md"""
 
 # %% ../nbs/01_data.ipynb #5edda10f
 from __future__ import annotations
-import functools
+import functools, warnings
 from pathlib import Path
 import numpy as np, torch
 import torch.nn.functional as F
@@ -20,7 +20,9 @@ __all__ = ['IMAGENET_C_CORRUPTIONS', 'IMAGENET_C_EXTRA', 'check_images', 'resize
 
 # %% ../nbs/01_data.ipynb #febd54c9
 def check_images(x, channels:int|None=None, # expected channel count (None: any)
-                 name:str='images')->torch.Tensor:
+                 name:str='images',
+                 empty_ok:bool=True # accept a batch of 0 images (False: say that at least one is needed)
+                )->torch.Tensor:
     "Validate a float image batch N x C x H x W in [0,1]; raise a ValueError/TypeError that names the fix."
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor N x C x H x W, got {type(x).__name__}; "
@@ -35,7 +37,13 @@ def check_images(x, channels:int|None=None, # expected channel count (None: any)
         raise ValueError(f"{name}: expected {channels} channel(s), got {x.shape[1]} (shape {tuple(x.shape)}); "
                          + ("convert with x.mean(1, keepdim=True)" if channels == 1 else "convert with x.expand(-1, 3, -1, -1)")
                          + " or use a model trained for this channel count.")
+    if not empty_ok and x.shape[0] == 0:
+        raise ValueError(f"{name}: got an empty batch (shape {tuple(x.shape)}); pass at least one image.")
     if x.numel():
+        if not (fin := torch.isfinite(x)).all():
+            bad = (~fin).flatten(1).any(1).nonzero().flatten().tolist()
+            raise ValueError(f"{name}: {int((~fin).sum())} value(s) are NaN or infinite, in image(s) {bad[:10]}"
+                             f"{' ...' if len(bad) > 10 else ''}; fix or drop those images (torch.isfinite(x)).")
         lo, hi = x.min().item(), x.max().item()
         if lo < -1e-6 or hi > 1 + 1e-6:
             raise ValueError(f"{name}: values must lie in [0,1], found [{lo:.3g}, {hi:.3g}]; "
@@ -90,26 +98,50 @@ def load_digits8(split:str='train', size:int|None=None, pad:bool=False, seed:int
 def diffusion_transform(size:int, channels:int=3, crop:int|None=None):
     "torchvision v2 pipeline: resize the short side to `size`, center-crop `crop` (default `size`), float [0,1]."
     from torchvision.transforms import v2
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}; images are read as RGB, "
+                         "pass channels=1 to convert them to grey.")
     t = [v2.ToImage(), v2.Resize(size, antialias=True), v2.CenterCrop(crop or size)]
     if channels == 1: t.append(v2.Grayscale(1))
     return v2.Compose(t + [v2.ToDtype(torch.float32, scale=True)])
 
+def _readable(f:str)->bool:
+    "PIL can parse the image file `f` (header and structure; `Image.verify`)."
+    from PIL import Image
+    try:
+        with Image.open(f) as im: im.verify()
+        return True
+    except Exception: return False
+
 def load_imagefolder(path:str|Path, # a folder with one sub-folder of images per class
-                     size:int=256, channels:int=3,
-                     crop:int|None=None # center-crop size after resizing the short side to `size` (default `size`)
+                     size:int=256, channels:int=3, # 1 (grey) or 3 (RGB)
+                     crop:int|None=None, # center-crop size after resizing the short side to `size` (default `size`)
+                     verify:bool=True # open every image now: skip unreadable ones with a warning naming them
                     ):
     "An ImageFolder data set with the resize + center-crop DiffAug needs; clear errors for missing/empty folders."
     from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+    tfm = diffusion_transform(size, channels, crop)
     p = Path(path).expanduser()
     if not p.is_dir():
         raise FileNotFoundError(f"image folder {str(p)!r} does not exist; pass a folder laid out as "
                                 "ROOT/<class>/<image>.png (relative paths are resolved from the working directory).")
     if not any(c.is_dir() for c in p.iterdir()):
         raise ValueError(f"image folder {str(p)!r} has no class sub-folders; lay it out as ROOT/<class>/<image>.png.")
-    try: return ImageFolder(str(p), transform=diffusion_transform(size, channels, crop))
+    skipped = []
+    def ok(f:str)->bool:
+        if not f.lower().endswith(IMG_EXTENSIONS): return False
+        if verify and not _readable(f): skipped.append(f); return False
+        return True
+    try: ds = ImageFolder(str(p), transform=tfm, is_valid_file=ok)
     except FileNotFoundError as e:
-        raise ValueError(f"image folder {str(p)!r} holds no images in its class folders ({e}); "
-                         "add .png/.jpg files under ROOT/<class>/.") from None
+        raise ValueError(f"image folder {str(p)!r} holds no images (none readable) in its class folders ({e}); "
+                         "add .png/.jpg files under ROOT/<class>/." + (f" Unreadable: {skipped[:5]}" if skipped else "")) from None
+    if skipped:
+        warnings.warn(f"load_imagefolder: skipped {len(skipped)} unreadable image file(s) under {str(p)!r}: "
+                      f"{skipped[:5]}{' ...' if len(skipped) > 5 else ''}; remove or replace them.")
+    ds.skipped = skipped
+    return ds
 
 def load_torchvision(name:str, # a torchvision.datasets class name, e.g. 'CIFAR10'
                      root:str|Path|None=None, # local root (default: settings data_root)

@@ -6,7 +6,7 @@ Docs: https://diffaug-nb.github.io/diffaug-nb/diffusion.html.md"""
 
 # %% ../nbs/02_diffusion.ipynb #48a6ed77
 from __future__ import annotations
-import math, os
+import os
 from pathlib import Path
 import torch, torch.nn as nn
 from diffusers import DDPMScheduler, ScoreSdeVeScheduler, UNet2DModel
@@ -58,8 +58,11 @@ class Denoiser(nn.Module):
     @property
     def device(self): return self._abar.device
 
-    def _coef(self, c:torch.Tensor, t, x:torch.Tensor)->torch.Tensor:
-        "Gather per-sample coefficient c[t], shaped to broadcast against `x` (dtype of `x`)."
+    def _coef(self, c:torch.Tensor, t, x:torch.Tensor|None=None)->torch.Tensor:
+        "c[t]: with `x`, one per sample shaped to broadcast against `x` (its dtype); without, a 1-D float32 tensor, one per t."
+        if x is None:
+            t = torch.as_tensor(t, device=self.device)
+            return c[self.timesteps(t, t.numel())].float()
         t = self.timesteps(t, x.shape[0], x.device)
         return c.to(x.device)[t].to(x.dtype).reshape(-1, *[1]*(x.ndim-1))
 
@@ -74,9 +77,27 @@ class Denoiser(nn.Module):
         if (t < 0).any() or (t >= self.T).any(): raise ValueError(f"t must lie in 0..{self.T-1}, got min {t.min().item()}, max {t.max().item()}")
         return t
 
-    def abar(self, t, x): "abar_t (VP: alphas_cumprod[t]; VE: 1), shaped like x's batch"; return self._coef(self._abar, t, x)
-    def sigma(self, t, x): "sigma(t): VP sqrt(1-abar_t); VE discrete_sigmas[t]"; return self._coef(self._sigma, t, x)
-    def m_scale(self, t, x): "m_t / x0: sqrt(abar_t) (VP) or 1 (VE)"; return self.abar(t, x).sqrt()
+    def abar(self, t, x=None): "abar_t (VP: alphas_cumprod[t]; VE: 1); shaped for `x` if given, else 1-D"; return self._coef(self._abar, t, x)
+    def sigma(self, t, x=None): "sigma(t): VP sqrt(1-abar_t); VE discrete_sigmas[t]; shaped for `x` if given, else 1-D"; return self._coef(self._sigma, t, x)
+    def m_scale(self, t, x=None): "m_t / x0: sqrt(abar_t) (VP) or 1 (VE)"; return self.abar(t, x).sqrt()
+
+    def check_input(self, x:torch.Tensor)->torch.Tensor:
+        "Raise a ValueError naming the fix if `x` is not a non-empty batch the network takes (channels, size)."
+        if x.ndim < 2 or x.shape[0] == 0:
+            raise ValueError(f"got an empty or batchless input of shape {tuple(x.shape)}; pass a batch N x C x H x W with N >= 1.")
+        cfg = getattr(self.unet, 'config', None)
+        if cfg is None or not hasattr(cfg, 'in_channels'): return x
+        C, S = cfg.in_channels, cfg.sample_size
+        if x.ndim != 4 or x.shape[1] != C:
+            raise ValueError(f"this model takes {C}-channel images N x {C} x H x W, got shape {tuple(x.shape)}; "
+                             + ("convert RGB to grey with x.mean(1, keepdim=True)" if C == 1 else f"give it {C}-channel images")
+                             + " or load a model trained on your images' channels.")
+        S = (S, S) if isinstance(S, int) else tuple(S or ())
+        if S and tuple(x.shape[-2:]) != S:
+            raise ValueError(f"this model was trained on {S[0]}x{S[1]} images, got {x.shape[-2]}x{x.shape[-1]}; "
+                             f"bring them to its size with diffaug_nb.data.resize_images(x, {S[0]}) "
+                             "(or load them with size=...) or load a model trained at your size.")
+        return x
 
     def diffuse(self, x0, t, noise=None, generator=None):
         "x_t = sqrt(abar_t) x0 + sigma(t) eps, eps ~ N(0, I) unless `noise` is given (model space)."
@@ -85,7 +106,7 @@ class Denoiser(nn.Module):
 
     def eps(self, x, t):
         "eps_hat(x, t): the network's noise prediction (the first C channels of a learned-sigma UNet's 2C outputs)."
-        out = self.unet(x, self.timesteps(t, x.shape[0], x.device)).sample
+        out = self.unet(self.check_input(x), self.timesteps(t, x.shape[0], x.device)).sample
         # learned-sigma models (guided-diffusion, improved DDPM) also output the variance interpolation: drop it
         return out[:, :x.shape[1]] if out.shape[1] == 2 * x.shape[1] else out
 
@@ -115,7 +136,7 @@ class Denoiser(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path_or_id:str|Path, # local diffusers directory (unet/ + scheduler/, or a bare UNet dir)
-                        device='auto', # 'auto', 'cpu', 'cuda', ...
+                        device=None, # 'auto', 'cpu', 'cuda', ... (None: settings.ini / DIFFAUG_DEVICE)
                         local_files_only:bool|None=None # None: only the HF cache unless $DIFFAUG_ALLOW_HUB=1
                        )->'Denoiser':
         "Load a UNet2DModel + scheduler from a local diffusers directory; a hub id fails fast unless cached."
@@ -135,15 +156,21 @@ class Denoiser(nn.Module):
                 unet = UNet2DModel.from_pretrained(str(path_or_id), subfolder='unet', local_files_only=local_files_only)
                 sch = DDPMScheduler.from_pretrained(str(path_or_id), subfolder='scheduler', local_files_only=local_files_only)
             except Exception as e:
-                raise OSError(f"could not load {str(path_or_id)!r}: it is not a local directory and the model hub is not reachable "
-                              f"from here ({type(e).__name__}). Download it on a machine with network "
+                raise OSError(f"could not load {str(path_or_id)!r}: there is no directory {str(p.resolve())!r} (a relative path "
+                              f"is read from the working directory {str(Path.cwd())!r}), and as a model-hub id it is not in the "
+                              f"local cache and the hub is not reachable from here ({type(e).__name__}). If it is a path, fix it; "
+                              f"if it is a hub id, download it on a machine with network "
                               f"(`hf download {path_or_id} --local-dir DIR`), copy DIR here and pass its local path.") from None
         return cls(unet, sch).to(get_device(device)).eval()
 
 def _load_scheduler(path):
     "A VP or VE scheduler from its saved config."
     import json
-    cfg = json.loads((Path(path)/'scheduler_config.json').read_text()) if (Path(path)/'scheduler_config.json').exists() else {}
+    f = Path(path)/'scheduler_config.json'
+    try: cfg = json.loads(f.read_text()) if f.exists() else {}
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{f} is not valid JSON ({e}); repair it, or save the scheduler again "
+                         "(`scheduler.save_pretrained(dir)`).") from None
     return (ScoreSdeVeScheduler if cfg.get('_class_name') == 'ScoreSdeVeScheduler' else DDPMScheduler).from_pretrained(path)
 
 # %% ../nbs/02_diffusion.ipynb #da6a6f7e

@@ -6,16 +6,17 @@ Docs: https://diffaug-nb.github.io/diffaug-nb/docs.html.md"""
 
 # %% ../nbs/14_docs.ipynb #bf3f1ffc
 from __future__ import annotations
-import os, re, sys, json, time, shutil, hashlib, subprocess, tempfile, warnings
+import os, re, sys, time, shutil, hashlib, subprocess, tempfile, warnings
+from contextlib import contextmanager
 from pathlib import Path
 import yaml
 from html.parser import HTMLParser
-from html import escape as _escape, unescape as _unescape
+from html import escape as _escape
 from concurrent.futures.process import BrokenProcessPool
 from fastcore.nbio import read_nb, write_nb, mk_cell
 from fastcore.parallel import parallel
 from nbdev.config import get_config, nbpath2html
-from nbdev.processors import FilterDefaults, exec_show_docs, _do_eval, _is_showdoc
+from nbdev.processors import FilterDefaults, exec_show_docs, _do_eval
 from nbdev.test import _skip_cell
 
 # %% auto #0
@@ -82,7 +83,7 @@ class exec_show_docs_tolerant(exec_show_docs):
     "`exec_show_docs` that goes on past a failing cell (a `show_doc` whose cell fails shows nothing)"
     def __call__(self, cell):
         try: super().__call__(cell)
-        except Exception: pass
+        except Exception as e: warnings.warn(f"docs: cell {getattr(cell, 'idx_', '?')} failed and shows no output: {type(e).__name__}: {e}")
         if hasattr(self, 'k'): self.k.exc = None
 
 class DocsProcs(FilterDefaults):
@@ -216,18 +217,28 @@ def mkdocs_nb(nb, # a notebook processed by nbdev's `FilterDefaults`
     return nb, fm
 
 # %% ../nbs/14_docs.ipynb #56d74151
+@contextmanager
+def _process_state(cwd:Path, env:dict):
+    "Inside the block: working directory `cwd` and the variables `env` set; afterwards both as they were."
+    old_cwd, old_env = os.getcwd(), {k: os.environ.get(k) for k in env}
+    os.environ.update(env); os.chdir(cwd)
+    try: yield
+    finally:
+        os.chdir(old_cwd)
+        for k, v in old_env.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
+
 def proc_docs_nb(src:Path|str, # source notebook
                  dst:Path|str, # where the processed notebook goes (what `nbdev-proc-nbs` writes to `_proc/`)
                  execute:bool=False # run the cells nbdev-test would run, keeping outputs
                 )->str|None:
     "Process `src` with nbdev's docs processors into `dst`; return the execution error, if any."
     src, dst = Path(src).absolute(), Path(dst)
-    os.environ['IN_TEST'] = '1'
-    os.environ.setdefault('PLOTLY_RENDERER', 'plotly_mimetype')
-    os.environ.setdefault('MPLBACKEND', 'Agg')
-    cwd, err = os.getcwd(), None
-    os.chdir(src.parent)
-    try:
+    err = None
+    env = dict(IN_TEST='1', PLOTLY_RENDERER=os.environ.get('PLOTLY_RENDERER', 'plotly_mimetype'),
+               MPLBACKEND=os.environ.get('MPLBACKEND', 'Agg'))
+    with _process_state(src.parent, env):   # the notebook's folder and env for its cells; both restored afterwards
         tries = ([dict(execute=True)] if execute else []) + [dict(), dict(tolerant=True)]
         for i, kw in enumerate(tries):
             nb = read_nb(src)
@@ -235,7 +246,6 @@ def proc_docs_nb(src:Path|str, # source notebook
             except Exception as e:
                 err = err or f'{type(e).__name__}: {e}'
                 if i == len(tries) - 1: raise
-    finally: os.chdir(cwd)
     dst.parent.mkdir(parents=True, exist_ok=True)
     write_nb(nb, dst)
     return err
@@ -256,7 +266,9 @@ MathJax.Ajax.loadComplete("[MathJax]/config/offline.js");
 
 _EXTRA_CSS = """/* diffaug-nb offline docs: notebook output tweaks */
 .jupyter-wrapper .jp-OutputArea-output pre { font-size: .75rem; }
-.jupyter-wrapper .plotly-graph-div { max-width: 100%; }
+/* a plotly figure keeps its own width; one wider than the page scrolls inside its output instead of being cut off */
+.jupyter-wrapper .jp-OutputArea-output { overflow-x: auto; }
+.jupyter-wrapper .plotly-graph-div { max-width: none; }
 .md-typeset .widget-note { font-size: .7rem; }
 """
 

@@ -64,7 +64,7 @@ def predict_default(classifier:Callable, # [0,1] images -> logits
                     device=None, # 'auto', 'cpu', 'cuda', ... (None: settings.ini)
                     progress:bool=True)->torch.Tensor:
     "Default mode: softmax(classifier(x)), N x K (on the CPU)."
-    check_images(x); dev = _prep(classifier, None, device)
+    check_images(x, empty_ok=False); dev = _prep(classifier, None, device)
     with eval_mode(classifier):
         out = [torch.softmax(classifier(x[i:i+batch_size].to(dev)).float(), -1).cpu()
                for i in tqdm(range(0, len(x), batch_size), desc='default', disable=not progress, leave=False)]
@@ -84,7 +84,7 @@ def predict_de(classifier:Callable, # [0,1] images -> logits
                return_members:bool=False, # also return {'t', 'probs' (|S| x N x K), 'x0_hat' (|S| x N x C x H x W)}
                progress:bool=True):
     "DE (Eq. 6): p(y|x0) = 1/|S| sum_{t in S} softmax(classifier(clamp(x0_hat(x_t)))), N x K (on the CPU)."
-    check_images(x); dev = _prep(classifier, denoiser, device)
+    check_images(x, empty_ok=False); dev = _prep(classifier, denoiser, device)
     ts = [int(t) for t in ts]
     if not ts: raise ValueError("ts must hold at least one diffusion time")
     if noise is not None:
@@ -241,7 +241,7 @@ def dda_adapt(denoiser:Denoiser,
               progress:bool=True,
               **kw)->torch.Tensor: # `sample_dda` options: t_start, steps, scale, D, eta, lp_mode, clamp, callback
     "DDA-adapted images in [0,1] (on the CPU): to_unit(clamp(sample_dda(denoiser, to_model(x))))."
-    check_images(x); dev = _prep(None, denoiser, device)
+    check_images(x, empty_ok=False); dev = _prep(None, denoiser, device)
     steps = kw.get('steps', DDA_DEFAULTS['steps'])
     out = []
     with eval_mode(denoiser):
@@ -283,7 +283,7 @@ def evaluate_modes(classifier:Callable, # [0,1] images -> logits
     modes = tuple(modes)
     bad = set(modes) - set(MODES)
     if bad: raise ValueError(f"unknown mode(s) {sorted(bad)}; choose from {MODES}")
-    check_images(x); y = torch.as_tensor(y).long().cpu()
+    check_images(x, empty_ok=False); y = torch.as_tensor(y).long().cpu()
     if len(y) != len(x): raise ValueError(f"got {len(x)} images but {len(y)} labels")
     dev = _prep(classifier, denoiser, device)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == 'cuda' else (lambda: None)

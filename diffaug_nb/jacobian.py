@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from typing import NamedTuple
 import numpy as np, torch, torch.nn as nn
 from torch.func import jacrev, jvp, vjp, vmap
-from .diffusion import Denoiser, AnalyticDenoiser, EmpiricalDenoiser, to_model, to_unit
+from .diffusion import Denoiser, AnalyticDenoiser, EmpiricalDenoiser, to_model
 
 # %% auto #0
 __all__ = ['classic_attention', 'denoiser_fn', 'denoiser_jacobian', 'JacobianSVD', 'jacobian_svd', 'plot_components',

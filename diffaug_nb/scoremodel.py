@@ -6,7 +6,7 @@ Docs: https://diffaug-nb.github.io/diffaug-nb/scoremodel.html.md"""
 
 # %% ../nbs/03_scoremodel.ipynb #dfb10d6a
 from __future__ import annotations
-import json, time, platform, signal
+import json, time, platform
 from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
 from diffusers import UNet2DModel
@@ -15,7 +15,7 @@ from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 from .config import settings, get_device, params_key, atomic_write_text, atomic_torch_save
 from .data import load_mnist5k, check_images
-from .diffusion import Denoiser, vp_scheduler, to_model, to_unit, tiny_unet
+from .diffusion import Denoiser, vp_scheduler, to_model, to_unit
 
 # %% auto #0
 __all__ = ['EMBEDDED_MODELS', 'make_unet', 'train_score_model', 'load_checkpoint', 'embedded_name', 'embedded_params',
@@ -48,7 +48,7 @@ def train_score_model(x:torch.Tensor, # training images N x C x H x W in [0,1]
                       init_from:str|Path|None=None, # a trained diffusers directory to start from (warm start)
                       ckpt_every:int=100, # steps between checkpoints
                       seed:int=0,
-                      device='auto',
+                      device=None, # 'auto', 'cpu', 'cuda', ... (None: settings.ini / DIFFAUG_DEVICE)
                       progress:bool=True,
                       extra:dict|None=None, # more provenance to record (e.g. data set name)
                      )->Denoiser:
@@ -148,7 +148,14 @@ def embedded_params(name:str|None=None, # a key of `EMBEDDED_MODELS` (None: sett
     p = {**_LEGACY, **EMBEDDED_MODELS[name]}
     unknown = set(overrides) - set(p)
     if unknown: raise ValueError(f"unknown score-model parameter(s) {sorted(unknown)}; known: {sorted(p)}")
-    p = {**p, **{k: v for k, v in overrides.items() if v is not None}}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    for k, v in overrides.items():
+        d = p[k]
+        ok = (isinstance(v, int) and not isinstance(v, bool) if isinstance(d, int) else
+              isinstance(v, (int, float)) and not isinstance(v, bool) if isinstance(d, float) else
+              isinstance(v, str) if isinstance(d, str) else True)
+        if not ok: raise ValueError(f"score-model parameter {k!r} must be a {type(d).__name__} like {d!r}, got {v!r}")
+    p = {**p, **overrides}
     if int(p['steps']) < 1: raise ValueError(f"steps must be >= 1 (got {p['steps']}): a score model with no training step is not a model.")
     return p
 
@@ -164,7 +171,7 @@ def is_trained(path)->bool:
     return (Path(path)/'provenance.json').exists() and (Path(path)/'unet'/'config.json').exists()
 
 # %% ../nbs/03_scoremodel.ipynb #60e31ef1
-def load_embedded(device='auto', train_if_absent:bool=True, progress:bool=True, cache_dir=None,
+def load_embedded(device=None, train_if_absent:bool=True, progress:bool=True, cache_dir=None,
                   name:str|None=None, # a key of `EMBEDDED_MODELS` (None: settings.ini `default_model`)
                   **overrides)->Denoiser:
     "A named embedded MNIST score model: loaded from the cache, or trained there first (resumable) if absent."
@@ -178,12 +185,16 @@ def load_embedded(device='auto', train_if_absent:bool=True, progress:bool=True, 
         if p['init_from'] in EMBEDDED_MODELS:   # a warm start from another named model: that one first
             load_embedded(device, train_if_absent, progress, cache_dir, p['init_from'])
             p['init_from'] = embedded_model_dir(cache_dir, p['init_from'])
-        train_score_model(load_mnist5k('train').tensors[0], path, device=device, progress=progress,
-                          extra=dict(data='mnist5k-train'), **p)
+        from filelock import FileLock
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path.parent/f'.{path.name}.lock')):   # one trainer per model; others wait, then load it
+            if not is_trained(path):
+                train_score_model(load_mnist5k('train').tensors[0], path, device=device, progress=progress,
+                                  extra=dict(data='mnist5k-train'), **p)
     return Denoiser.from_pretrained(path, device=device)
 
 def load_denoiser(model:str|None=None, # 'embedded', 'embedded-weak', a local diffusers directory, or None (settings.ini)
-                  device='auto', **kw)->Denoiser:
+                  device=None, **kw)->Denoiser:
     "The diffusion model a notebook asks for: a named embedded one (trained if absent) or a local directory."
     model = model or settings()['default_model']
     return load_embedded(device=device, name=model, **kw) if model in EMBEDDED_MODELS else Denoiser.from_pretrained(model, device=device)

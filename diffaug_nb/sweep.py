@@ -274,19 +274,31 @@ def run_sweep(notebook:str|Path, # the parameterised notebook (a cell tagged `pa
     atomic_write_text(out_dir/'sweep.json', json.dumps(dict(name=name, notebook=str(notebook), parameters=grid,
                       fixed=fixed or {}, runs=dict(zip(ids, runs)), updated=_now()), indent=1, default=str))
     clean_stale(out_dir)
+    from filelock import FileLock, Timeout
     counts = dict(ok=0, skipped=0, failed=0)
-    bar = tqdm(list(zip(ids, runs)), desc=f'sweep {name}', disable=not progress, unit='run')
-    for rid, p in bar:
-        st = run_status(out_dir/rid)
-        if st == 'ok' or (st == 'failed' and not retry_failed):
-            counts['skipped'] += 1
-        else:
-            bar.set_postfix_str(', '.join(f'{k}={v}' for k, v in p.items() if k in grid)[:60] or rid)
-            r = run_notebook(notebook, p, out_dir/rid, kernel_name=kernel_name, cwd=cwd, timeout=timeout,
-                             run_dir_param=run_dir_param, extra_params=extra_params, validate=False)
-            counts['ok' if r['status'] == 'ok' else 'failed'] += 1
-            if r['status'] != 'ok': tqdm.write(f"run {rid} {r['status']}: {r['error']}")
-        bar.set_postfix(counts)
+    bar = tqdm(total=len(ids), desc=f'sweep {name}', disable=not progress, unit='run')
+    def attempt(rid, p, wait:bool)->bool:
+        "Run `rid` unless it is finished, under its lock; False if another sweep holds the lock and `wait` is False."
+        lock = FileLock(str(out_dir/f'.{rid}.lock'))
+        try: lock.acquire(timeout=-1 if wait else 0)
+        except Timeout: return False
+        try:   # the status is read under the lock: a run another sweep just finished is not run again
+            st = run_status(out_dir/rid)
+            if st == 'ok' or (st == 'failed' and not retry_failed):
+                counts['skipped'] += 1
+            else:
+                bar.set_postfix_str(', '.join(f'{k}={v}' for k, v in p.items() if k in grid)[:60] or rid)
+                r = run_notebook(notebook, p, out_dir/rid, kernel_name=kernel_name, cwd=cwd, timeout=timeout,
+                                 run_dir_param=run_dir_param, extra_params=extra_params, validate=False)
+                counts['ok' if r['status'] == 'ok' else 'failed'] += 1
+                if r['status'] != 'ok': tqdm.write(f"run {rid} {r['status']}: {r['error']}")
+        finally: lock.release()
+        bar.update(1); bar.set_postfix(counts)
+        return True
+    # runs another sweep on this folder is doing now are left for last, then waited for (never run twice)
+    busy = [(rid, p) for rid, p in zip(ids, runs) if not attempt(rid, p, wait=False)]
+    for rid, p in busy: attempt(rid, p, wait=True)
+    bar.close()
     df = collect_results(out_dir, ids)
     df.to_csv(out_dir/'results.csv', index=False)
     df.attrs.update(out_dir=str(out_dir), counts=counts)
@@ -319,11 +331,19 @@ def load_grid(path:str|Path)->dict:
     "Read a YAML/JSON grid file: {notebook, parameters: {name: [values]}, fixed: {name: value}, ...}; notebook path resolved."
     import yaml
     path = Path(path)
-    spec = yaml.safe_load(path.read_text())   # YAML is a superset of JSON
+    if not path.is_file(): raise FileNotFoundError(f"grid file {str(path)!r} does not exist")
+    try: spec = yaml.safe_load(path.read_text())   # YAML is a superset of JSON
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path} is not valid YAML/JSON: {e}") from None
     if not isinstance(spec, dict) or 'notebook' not in spec:
         raise ValueError(f"{path}: a grid file is a mapping with at least `notebook:` (and `parameters:`, `fixed:`)")
     if bad := sorted(set(spec) - _GRID_KEYS):
         raise ValueError(f"{path}: unknown key(s) {bad}; allowed: {sorted(_GRID_KEYS)}")
+    t = spec.get('timeout')
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0):
+        raise ValueError(f"{path}: timeout must be a number of seconds per cell (> 0) or null, got {t!r}")
+    if not isinstance(spec.get('retry_failed', True), bool):
+        raise ValueError(f"{path}: retry_failed must be true or false, got {spec['retry_failed']!r}")
     nb = Path(spec['notebook']).expanduser()
     if not nb.is_absolute(): nb = (path.parent/nb) if (path.parent/nb).exists() else nb.resolve()
     spec.update(notebook=nb.resolve(), parameters=spec.get('parameters') or {}, fixed=spec.get('fixed') or {})

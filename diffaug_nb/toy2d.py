@@ -51,7 +51,6 @@ def plot_diffaug_2d(den:EmpiricalDenoiser, points:torch.Tensor, labels:torch.Ten
                     ts=(20, 50, 100, 300), # one panel per t
                     n_per_point:int=32, seed:int=0, show_noisy:bool=False, size:int=300):
     "Plotly: one panel per t with the training points and their DiffAug samples x0_hat(x_t) (coloured by arc)."
-    import plotly.graph_objects as go
     from plotly.subplots import make_subplots
     labels = torch.zeros(len(points), dtype=torch.long) if labels is None else labels
     fig = make_subplots(1, len(ts), subplot_titles=[f't = {t}' for t in ts], horizontal_spacing=0.03)
@@ -106,7 +105,6 @@ def denoising_field(den:EmpiricalDenoiser, t:int, n:int=15, lim:float=1.0)->tupl
 def plot_denoising_field(den:EmpiricalDenoiser, points:torch.Tensor, ts=(30, 100, 300), n:int=15,
                          lim:float=1.0, scale:float=0.3, size:int=320):
     "Plotly: per t, arrows x -> x + scale*(x0_hat(x) - x) on a grid, with the training points."
-    import plotly.graph_objects as go
     import plotly.figure_factory as ff
     from plotly.subplots import make_subplots
     fig = make_subplots(1, len(ts), subplot_titles=[f't = {t}' for t in ts], horizontal_spacing=0.04)

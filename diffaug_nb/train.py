@@ -8,7 +8,7 @@ Docs: https://diffaug-nb.github.io/diffaug-nb/train.html.md"""
 from __future__ import annotations
 import json, time, hashlib
 from pathlib import Path
-import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
+import torch, torch.nn as nn, torch.nn.functional as F
 from tqdm.auto import tqdm
 from .config import settings, get_device, params_key, atomic_write_text, atomic_torch_save
 from .data import load_mnist5k, check_images
@@ -116,7 +116,7 @@ def fit_classifier(model:Classifier, # trained in place (build it after torch.ma
                    out_dir:str|Path|None=None, # checkpoints (resume) and curves.json; None: keep nothing
                    ckpt_every:int=50, # steps between checkpoints (also at each epoch end)
                    seed:int=0,
-                   device='auto',
+                   device=None, # 'auto', 'cpu', 'cuda', ... (None: settings.ini / DIFFAUG_DEVICE)
                    progress:bool=True, # tqdm bar
                    callback=None # callback(dict(epoch, step, loss)) after each optimiser step
                   )->dict:
@@ -254,7 +254,7 @@ def get_classifier(policy:str='none', # augmentation policy name (see `make_poli
                    seed:int=0,
                    arch:str|None=None, # 'cnn' (default) or 'resnet18'
                    t_min:int=0, t_max:int|None=None, # DiffAug's time range (None: T-1)
-                   device='auto',
+                   device=None, # 'auto', 'cpu', 'cuda', ... (None: settings.ini / DIFFAUG_DEVICE)
                    cache_dir=None, # default settings()['cache_dir']
                    train_if_absent:bool=True, # train when not cached (else FileNotFoundError)
                    progress:bool=True,

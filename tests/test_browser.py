@@ -179,7 +179,7 @@ class _Server(ThreadingHTTPServer):
 @pytest.fixture(scope='module')
 def docs_site(tmp_path_factory, chromium):
     "The offline docs site (diffaug_nb.docs.build_docs; or a built one named by $DIFFAUG_DOCS_SITE) on 127.0.0.1, served from a thread."
-    docs = pytest.importorskip('diffaug_nb.docs', reason='diffaug_nb.docs (the docs builder) is not in the library yet')
+    from diffaug_nb import docs
     site, t0 = os.environ.get('DIFFAUG_DOCS_SITE'), time.time()
     if not (site and (Path(site)/'index.html').exists()):
         site = docs.build_docs(tmp_path_factory.mktemp('docs')/'site')

@@ -1,7 +1,6 @@
 "The `diffaug-nb` command as a user runs it (a subprocess of the installed console script)."
 import json, os, shutil, subprocess, sys
 from pathlib import Path
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 EXE = shutil.which('diffaug-nb') or str(Path(sys.executable).parent/'diffaug-nb')
@@ -29,7 +28,7 @@ def test_train_score_model_command(tmp_path):
         assert (out/f).exists(), f
     assert json.loads((out/'parameters.json').read_text())['steps'] == 3
     assert 'accuracy t=300' in r.stdout and str(out/'fig1_denoised.png') in r.stdout
-    (model_dir,) = (tmp_path/'cache').iterdir()
+    (model_dir,) = [d for d in (tmp_path/'cache').iterdir() if not d.name.startswith('.')]   # (.lock files beside it)
     mtime = (model_dir/'provenance.json').stat().st_mtime
     r2 = run('train-score-model', *TINY, '-p', 'cache_dir', str(tmp_path/'cache'), '--run-dir', str(tmp_path/'run2'))
     assert r2.returncode == 0, r2.stderr[-3000:]

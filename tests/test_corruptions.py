@@ -1,13 +1,13 @@
 """The corruption suite (`diffaug_nb.corruptions`): the contract for every corruption x severity at 28 px grey
 and 224 px RGB, seeding, severity ordering, independent references, and the errors."""
-import io, math
+import math
 import numpy as np, pytest, torch
 import scipy.ndimage as ndi, scipy.stats as st
 import matplotlib.colors as mcolors
 from PIL import Image
 from diffaug_nb.corruptions import (CORRUPTIONS, FAMILIES, PARAMS, RANDOM, COLOUR, BENCHMARK, EXTRA, corrupt,
                                     corrupt_suite, corruption_figure, summarize, length_scale, synthetic_rgb,
-                                    gaussian_filter, box_resize, _zoom, _motion_smear, _disk_kernel, smooth_noise,
+                                    _zoom, _motion_smear, _disk_kernel, smooth_noise,
                                     plasma_fractal, rgb_to_hsv, hsv_to_rgb)
 from diffaug_nb.data import load_mnist5k
 

@@ -133,3 +133,18 @@ def test_jacobian_stats_and_symmetry_table(points):
     emp = EmpiricalDenoiser(points, vp_scheduler())
     tab = symmetry_table(emp, torch.rand(2, 1, 2, 3, dtype=f64), ts=(100, 400))
     assert list(tab.index) == [100, 400] and (tab.asym_max < 1e-12).all() and (tab.eig_min > -1e-12).all()
+
+
+def test_trained_unet_randomized_svd_matches_full_svd():
+    """What nbs/11_jacobian's `slow` cells check, here on one digit: on the trained 784-dim UNet, two power iterations of
+    `top_singular` give the top singular values of the full Jacobian's SVD within 1%."""
+    from diffaug_nb.scoremodel import load_denoiser, embedded_model_dir, is_trained
+    from diffaug_nb.data import load_mnist5k
+    from diffaug_nb.diffusion import to_model
+    if not is_trained(embedded_model_dir(name='embedded-weak')): pytest.skip('the committed embedded-weak model is absent')
+    den = load_denoiser('embedded-weak', device='cpu', train_if_absent=False)
+    x = load_mnist5k('test').tensors[0][:1]
+    xt = den.diffuse(to_model(x), 300, torch.randn(x.shape, generator=torch.Generator().manual_seed(0)))
+    svd = jacobian_svd(denoiser_jacobian(den, xt, 300, chunk_size=196), k=8)
+    top = top_singular(den, xt, 300, k=8, iters=2)
+    assert ((top.S[:, :3] - svd.S[:, :3]).abs() / svd.S[:, :3]).max() < 0.01, (top.S, svd.S)

@@ -1,10 +1,9 @@
 """Classifier training: resume after an interrupted (and a killed) run, determinism, the cache, bad inputs."""
-import json, os, signal, subprocess, sys, textwrap
-from pathlib import Path
+import json, signal, subprocess, sys, textwrap
 import pytest, torch, torch.nn.functional as F
 from diffaug_nb.data import load_mnist5k
 from diffaug_nb.diffusion import EmpiricalDenoiser, vp_scheduler, to_model
-from diffaug_nb.augment import DiffAug, make_policy, diffaug_loss
+from diffaug_nb.augment import DiffAug, diffaug_loss
 from diffaug_nb.train import make_classifier, fit_classifier, get_classifier, classifier_dir
 
 

@@ -1,6 +1,6 @@
 """The t-slider explorer: set widget values as a user would and check the figures against independent references
 (diffusers' own scheduler step, a numpy softmax/entropy, the exact empirical denoiser)."""
-import math, time
+import math
 import numpy as np, pytest, torch, torch.nn as nn
 import plotly.graph_objects as go
 from diffaug_nb.diffusion import Denoiser, EmpiricalDenoiser, tiny_unet, vp_scheduler, to_model, to_unit
@@ -165,18 +165,17 @@ def test_without_anywidget_falls_back_to_output(setup, monkeypatch):
     assert list(traces(ex.main)['t-line'].x) == [600, 600]
 
 
-def test_slider_move_is_fast_on_a_28px_model():
-    "One slider move on a 28-px model (the embedded UNet's shape, random weights) re-renders well under a second."
+def test_slider_moves_on_a_28px_model():
+    "Slider moves on a 28-px model (the embedded UNet's shape, random weights) re-render without error (timings: bench/bench_explorer.py)."
     from diffaug_nb.scoremodel import make_unet
     torch.manual_seed(0)
     den = Denoiser(make_unet(28), vp_scheduler()).eval()
     clf = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(256, 10)).eval()
     ex = explore(clf, den, torch.rand(2, 1, 28, 28), t=0, panels=('de',), curve_step=100)
-    times = []
-    for t in range(50, 550, 50):
-        t0 = time.perf_counter(); ex.t.value = t; times.append(time.perf_counter() - t0)
-    assert ex.last_error is None, ex.last_error
-    assert np.median(times) < 1.0, times
+    for t in (50, 300, 500):
+        ex.t.value = t
+        assert ex.last_error is None, ex.last_error
+        assert list(traces(ex.main)['t-line'].x) == [t, t]
 
 
 def test_gradient_panel_matches_finite_differences():
