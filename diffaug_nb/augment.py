@@ -9,10 +9,10 @@ from __future__ import annotations
 import torch, torch.nn as nn, torch.nn.functional as F
 from torchvision.transforms import v2
 from .data import check_images
-from .diffusion import Denoiser
+from .diffusion import Denoiser, to_model, to_unit
 
 # %% auto #0
-__all__ = ['POLICIES', 'DiffAug', 'diffaug_loss', 'to_uint8', 'from_uint8', 'Policy', 'make_policy']
+__all__ = ['POLICIES', 'DiffAug', 'NoiseAug', 'diffaug_loss', 'to_uint8', 'from_uint8', 'Policy', 'make_policy']
 
 # %% ../nbs/04_augment.ipynb #067740ff
 class DiffAug:
@@ -36,6 +36,10 @@ class DiffAug:
         dev = generator.device if generator is not None else (device or self.denoiser.device)
         return torch.randint(self.t_min, self.t_max + 1, (n,), generator=generator, device=dev)
 
+    def transform(self, x:torch.Tensor, t:torch.Tensor, noise:torch.Tensor|None=None)->torch.Tensor:
+        "One chunk, [0,1] in and out: clamp(x0_hat(x_t, t)) (`Denoiser.diffuse_denoise`)."
+        return self.denoiser.diffuse_denoise(x, t, noise=noise, clamp=self.clamp)
+
     @torch.no_grad()
     def __call__(self, x:torch.Tensor, # images N x C x H x W in [0,1]
                  return_t:bool=False, # also return the t drawn for each sample
@@ -49,12 +53,25 @@ class DiffAug:
         t = self.denoiser.timesteps(t, n, dev)
         noise = None if generator is None else torch.randn(x.shape, generator=generator, device=generator.device)
         xd = x.to(dev)
-        out = torch.cat([self.denoiser.diffuse_denoise(xd[i:i+self.max_batch], t[i:i+self.max_batch],
-                                                       noise=None if noise is None else noise[i:i+self.max_batch].to(dev),
-                                                       clamp=self.clamp)
+        out = torch.cat([self.transform(xd[i:i+self.max_batch], t[i:i+self.max_batch],
+                                        None if noise is None else noise[i:i+self.max_batch].to(dev))
                          for i in range(0, n, self.max_batch)]) if n else xd.clone()
         out = out.to(x.device, x.dtype)
         return (out, t.to(x.device)) if return_t else out
+
+# %% ../nbs/04_augment.ipynb #b19ccb47
+class NoiseAug(DiffAug):
+    "Noise control: x -> clamp(to_unit(sqrt(abar_t) to_model(x) + sigma_t eps), 0, 1), t ~ U{t_min..t_max}; no denoising."
+    def __init__(self, denoiser:Denoiser, # its noise schedule only (abar_t, sigma_t); the network is not called
+                 t_min:int=0, t_max:int|None=None, # the time range, as `DiffAug`'s
+                 max_batch:int=512):
+        super().__init__(denoiser, t_min, t_max, clamp=True, max_batch=max_batch)
+
+    def __repr__(self): return f"NoiseAug(t ~ U{{{self.t_min}..{self.t_max}}})"
+
+    def transform(self, x:torch.Tensor, t:torch.Tensor, noise:torch.Tensor|None=None)->torch.Tensor:
+        "One chunk, [0,1] in and out: clamp(to_unit(x_t)), x_t = diffuse(to_model(x), t)."
+        return to_unit(self.denoiser.diffuse(to_model(x), t, noise)).clamp(0, 1)
 
 # %% ../nbs/04_augment.ipynb #854ad095
 def diffaug_loss(model:nn.Module, # classifier: [0,1] images -> logits

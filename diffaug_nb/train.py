@@ -13,12 +13,12 @@ from tqdm.auto import tqdm
 from .config import settings, get_device, params_key, atomic_write_text, atomic_torch_save
 from .data import load_mnist5k, check_images
 from .diffusion import Denoiser
-from .augment import DiffAug, Policy, make_policy, diffaug_loss
+from .augment import DiffAug, NoiseAug, Policy, make_policy, diffaug_loss
 
 # %% auto #0
-__all__ = ['CLASSIFIERS', 'CLASSIFIER_DEFAULTS', 'Classifier', 'small_cnn_body', 'resnet18_body', 'make_classifier',
-           'evaluate_classifier', 'fit_classifier', 'denoiser_fingerprint', 'classifier_params', 'classifier_dir',
-           'get_classifier']
+__all__ = ['CLASSIFIERS', 'CLASSIFIER_DEFAULTS', 'AUGS', 'Classifier', 'small_cnn_body', 'resnet18_body', 'make_classifier',
+           'evaluate_classifier', 'fit_classifier', 'subset_classes', 'denoiser_fingerprint', 'classifier_params',
+           'classifier_dir', 'get_classifier']
 
 # %% ../nbs/05_train.ipynb #f0940d8e
 class Classifier(nn.Module):
@@ -109,7 +109,7 @@ def evaluate_classifier(model:nn.Module, x:torch.Tensor, y:torch.Tensor, batch_s
 def fit_classifier(model:Classifier, # trained in place (build it after torch.manual_seed(seed) for reproducible init)
                    x:torch.Tensor, y:torch.Tensor, # training images N x C x H x W in [0,1], int64 labels N
                    policy:str|Policy='none', # the original augmentation policy (see `make_policy`)
-                   diffaug:DiffAug|None=None, # add the DiffAug loss term (paper B.1); None: plain training
+                   diffaug:DiffAug|None=None, # add the DiffAug loss term (paper B.1), or a `NoiseAug` (the noise control); None: plain training
                    epochs:int=10, batch_size:int=128, lr:float=3e-3, weight_decay:float=5e-4,
                    stack:bool=False, # DiffAug on an independent per-image policy copy instead of the plain images
                    x_val:torch.Tensor|None=None, y_val:torch.Tensor|None=None, # evaluated after each epoch
@@ -197,6 +197,16 @@ def fit_classifier(model:Classifier, # trained in place (build it after torch.ma
 # %% ../nbs/05_train.ipynb #0ed155f0
 CLASSIFIER_DEFAULTS = dict(arch='cnn', epochs=10, batch_size=128, lr=3e-3, weight_decay=5e-4)
 
+def subset_classes(xy:tuple, # (images, int labels)
+                   classes=None # the kept labels, in order; None: all
+                  )->tuple:
+    "Keep the images whose label is in `classes` and relabel them 0..len(classes)-1 in that order."
+    x, y = xy
+    if classes is None: return x, y
+    cl = torch.as_tensor(list(classes))
+    keep = (y[:, None] == cl[None]).any(1)
+    return x[keep], (y[keep][:, None] == cl[None]).long().argmax(1)
+
 def denoiser_fingerprint(den:Denoiser)->str:
     "A short hash of a denoiser's weights and noise schedule (its cache identity)."
     h = hashlib.sha256()
@@ -226,8 +236,25 @@ def _denoiser_id(den)->str:
         return embedded_model_dir(name=den).name
     return str(Path(den).expanduser().resolve())
 
-def classifier_params(policy:str='none', diffaug:bool=False, denoiser=None, t_min:int=0, t_max:int|None=None,
-                      epochs:int|None=None, seed:int=0, arch:str|None=None, data:str='mnist5k', **kw)->dict:
+AUGS = ('diffaug', 'noise')
+
+def _aug_kind(diffaug)->str|None:
+    "False/None -> None (plain); True/'diffaug' -> 'diffaug'; 'noise' -> 'noise' (the NoiseAug control)."
+    if diffaug is None or diffaug is False: return None
+    if diffaug is True: return 'diffaug'
+    if isinstance(diffaug, str) and diffaug.lower() in AUGS: return diffaug.lower()
+    raise ValueError(f"diffaug must be False, True, 'diffaug' or 'noise' (the plain Gaussian-noise control), got {diffaug!r}")
+
+def _classes(classes)->list[int]|None:
+    "A class subset of the 10 digits as a sorted list; None (and all ten) mean every class."
+    if classes is None: return None
+    c = sorted({int(k) for k in classes})
+    if len(c) != len(list(classes)) or len(c) < 2 or c[0] < 0 or c[-1] > 9:
+        raise ValueError(f"classes must be at least two distinct digits in 0..9, got {list(classes)}")
+    return None if c == list(range(10)) else c
+
+def classifier_params(policy:str='none', diffaug:bool|str=False, denoiser=None, t_min:int=0, t_max:int|None=None,
+                      epochs:int|None=None, seed:int=0, arch:str|None=None, data:str='mnist5k', classes=None, **kw)->dict:
     "The full parameter dict that keys a cached classifier (defaults filled in, names validated)."
     unknown = set(kw) - set(CLASSIFIER_DEFAULTS)
     if unknown: raise ValueError(f"unknown classifier parameter(s) {sorted(unknown)}; known: {sorted(CLASSIFIER_DEFAULTS)}")
@@ -237,23 +264,29 @@ def classifier_params(policy:str='none', diffaug:bool=False, denoiser=None, t_mi
     if arch is not None: p['arch'] = arch
     if epochs is not None: p['epochs'] = int(epochs)
     if p['arch'] not in CLASSIFIERS: raise ValueError(f"unknown classifier {p['arch']!r}; valid names: {', '.join(CLASSIFIERS)}")
-    p.update(policy=make_policy(policy).name, diffaug=bool(diffaug), seed=int(seed), data=data)
-    if diffaug: p.update(denoiser=_denoiser_id(denoiser), t_min=int(t_min), t_max=_denoiser_T(denoiser) - 1 if t_max is None else int(t_max))
+    kind, cl = _aug_kind(diffaug), _classes(classes)
+    p.update(policy=make_policy(policy).name, diffaug=kind is not None, seed=int(seed), data=data)
+    if kind: p.update(denoiser=_denoiser_id(denoiser), t_min=int(t_min), t_max=_denoiser_T(denoiser) - 1 if t_max is None else int(t_max))
+    if kind == 'noise': p['aug'] = 'noise'   # keys only when not at its default: existing keys are unchanged
+    if cl is not None: p['classes'] = cl
     return p
 
 def classifier_dir(cache_dir=None, **params)->Path:
     "Where the classifier with these parameters lives (it may not exist yet)."
     p = classifier_params(**params)
-    name = f"{p['data']}-{p['arch']}-{p['policy']}{'-diffaug' if p['diffaug'] else ''}-s{p['seed']}-{params_key(p)}"
+    aug = f"-{p.get('aug', 'diffaug')}" if p['diffaug'] else ''
+    cl = f"-c{''.join(map(str, p['classes']))}" if 'classes' in p else ''
+    name = f"{p['data']}-{p['arch']}{cl}-{p['policy']}{aug}-s{p['seed']}-{params_key(p)}"
     return Path(cache_dir or settings()['cache_dir'])/'classifiers'/name
 
 def get_classifier(policy:str='none', # augmentation policy name (see `make_policy`), e.g. 'augmix+cutmix'
-                   diffaug:bool=False, # add the DiffAug loss term
+                   diffaug:bool|str=False, # add the DiffAug loss term (True or 'diffaug'), or the noise control's ('noise': `NoiseAug`)
                    denoiser=None, # DiffAug's denoiser: None (settings.ini default_model), an embedded name, a local diffusers dir, or a `Denoiser`
                    epochs:int|None=None, # default CLASSIFIER_DEFAULTS['epochs']
                    seed:int=0,
                    arch:str|None=None, # 'cnn' (default) or 'resnet18'
                    t_min:int=0, t_max:int|None=None, # DiffAug's time range (None: T-1)
+                   classes=None, # train on these digits only (e.g. range(6), the OOD open-set split); None: all ten
                    device=None, # 'auto', 'cpu', 'cuda', ... (None: settings.ini / DIFFAUG_DEVICE)
                    cache_dir=None, # default settings()['cache_dir']
                    train_if_absent:bool=True, # train when not cached (else FileNotFoundError)
@@ -263,23 +296,24 @@ def get_classifier(policy:str='none', # augmentation policy name (see `make_poli
     "A classifier trained on MNIST-5k with `policy` (and DiffAug if asked): from the cache, else trained and cached."
     from filelock import FileLock
     p = classifier_params(policy=policy, diffaug=diffaug, denoiser=denoiser, t_min=t_min, t_max=t_max, epochs=epochs,
-                          seed=seed, arch=arch, **kw)
+                          seed=seed, arch=arch, classes=classes, **kw)
     path, dev = classifier_dir(cache_dir, policy=policy, diffaug=diffaug, denoiser=denoiser, t_min=t_min, t_max=t_max,
-                               epochs=epochs, seed=seed, arch=arch, **kw), get_device(device)
+                               epochs=epochs, seed=seed, arch=arch, classes=classes, **kw), get_device(device)
+    kind, cl = _aug_kind(diffaug), p.get('classes', list(range(10)))
     (path/'checkpoints').mkdir(parents=True, exist_ok=True)
     with FileLock(str(path/'checkpoints'/'.lock')):
         if not (path/'provenance.json').exists():
             if not train_if_absent:
                 raise FileNotFoundError(f"no cached classifier at {path}; call get_classifier(..., train_if_absent=True) to train it")
             den = denoiser if isinstance(denoiser, Denoiser) else None  # an object is used as it is, where it is
-            if diffaug and den is None:
+            if kind and den is None:
                 from diffaug_nb.scoremodel import load_denoiser
                 den = load_denoiser(None if denoiser is None else str(denoiser), device=dev)
-            xtr, ytr = load_mnist5k('train').tensors
-            xte, yte = load_mnist5k('test').tensors
+            (xtr, ytr), (xte, yte) = (subset_classes(load_mnist5k(s).tensors, cl) for s in ('train', 'test'))
             torch.manual_seed(p['seed'])
-            model = make_classifier(p['arch'], channels=1, n_classes=10)
-            hist = fit_classifier(model, xtr, ytr, policy=p['policy'], diffaug=DiffAug(den, t_min, t_max) if diffaug else None,
+            model = make_classifier(p['arch'], channels=1, n_classes=len(cl))
+            aug = None if kind is None else (DiffAug if kind == 'diffaug' else NoiseAug)(den, t_min, t_max)
+            hist = fit_classifier(model, xtr, ytr, policy=p['policy'], diffaug=aug,
                                   epochs=p['epochs'], batch_size=p['batch_size'], lr=p['lr'], weight_decay=p['weight_decay'],
                                   x_val=xte, y_val=yte, out_dir=path, seed=p['seed'], device=dev, progress=progress)
             atomic_torch_save(model.state_dict(), path/'model.pt')
@@ -287,8 +321,8 @@ def get_classifier(policy:str='none', # augmentation policy name (see `make_poli
             atomic_write_text(path/'provenance.json', json.dumps(dict(
                 params=p, test_acc=hist['val_acc'][-1], wall_time_s=hist['time_s'][-1], device=str(dev), versions=dict(torch=torch.__version__, torchvision=torchvision.__version__),
                 n_params=sum(q.numel() for q in model.parameters()), finished=time.strftime('%Y-%m-%dT%H:%M:%S')), indent=1))
-    model = make_classifier(p['arch'], channels=1, n_classes=10)
+    model = make_classifier(p['arch'], channels=1, n_classes=len(cl))
     model.load_state_dict(torch.load(path/'model.pt', map_location='cpu', weights_only=True))
     model = model.to(dev).eval()
-    model.history, model.params, model.path = json.loads((path/'curves.json').read_text()), p, path
+    model.history, model.params, model.path, model.classes = json.loads((path/'curves.json').read_text()), p, path, cl
     return model
