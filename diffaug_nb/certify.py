@@ -279,7 +279,7 @@ def certified_accuracy(table:pd.DataFrame, # rows from `certify_set` (any number
     return acc
 
 # %% ../nbs/18_certify.ipynb #5c514a56
-def default_classifiers(device='auto')->dict:
+def default_classifiers(device=None)->dict:
     "The committed baseline and DiffAug CNNs (`train.get_classifier`, policy 'none', never trained here)."
     from diffaug_nb.train import get_classifier
     return {'baseline': get_classifier('none', diffaug=False, train_if_absent=False, device=device, progress=False),

@@ -193,7 +193,7 @@ def convert_guided_diffusion(state_dict:dict, # guided-diffusion `UNetModel` sta
 
 def load_guided_diffusion(path:str|Path, # the downloaded checkpoint, e.g. models/256x256_diffusion_uncond.pt
                           name:str|None=None, # a KNOWN_CHECKPOINTS name; None: the file's stem
-                          device='auto', # 'auto', 'cpu', 'cuda', ...
+                          device=None, # 'auto', 'cpu', 'cuda', ... (None: settings.ini / DIFFAUG_DEVICE)
                           **overrides # guided-diffusion flags that differ from the named checkpoint's
                          )->Denoiser:
     "A `Denoiser` (eps = the first 3 of 6 output channels) for a guided-diffusion checkpoint file, with its beta schedule."

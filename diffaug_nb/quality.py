@@ -20,7 +20,7 @@ from .train import get_classifier
 __all__ = ['SAMPLERS', 'QUALITY_TARGETS', 'reference_classifier', 'generate', 'predict_probs', 'sample_quality', 'check_targets']
 
 # %% ../nbs/30_quality.ipynb #2e96d3d3
-def reference_classifier(device='auto', train_if_absent:bool=True, progress:bool=True):
+def reference_classifier(device=None, train_if_absent:bool=True, progress:bool=True):
     "The reference classifier for sample metrics: the cached plain CNN (policy 'none', no DiffAug, seed 0)."
     return get_classifier(policy='none', diffaug=False, seed=0, device=device, train_if_absent=train_if_absent, progress=progress)
 

@@ -114,7 +114,7 @@ def train_score_model(x:torch.Tensor, # training images N x C x H x W in [0,1]
 def load_checkpoint(model_dir:str|Path, # a score-model directory with checkpoints/last.pt
                     ema:bool=True, # the EMA weights (what the run will save) or the raw ones
                     width:int=32, schedule:str='linear', size:int=28, channels:int=1, # the run's architecture
-                    device='auto')->tuple[Denoiser, int]:
+                    device=None)->tuple[Denoiser, int]:
     "(Denoiser, step) from a training run's last checkpoint, for a look at a model mid-training."
     ck = Path(model_dir)/'checkpoints'/'last.pt'
     if not ck.exists(): raise FileNotFoundError(f"no training checkpoint at {ck}")
