@@ -13,7 +13,7 @@ from diffusers import DDPMScheduler, ScoreSdeVeScheduler, UNet2DModel
 from .config import get_device
 
 # %% auto #0
-__all__ = ['to_model', 'to_unit', 'vp_scheduler', 've_scheduler', 'Denoiser', 'tiny_unet', 'AnalyticDenoiser',
+__all__ = ['to_model', 'to_unit', 'vp_scheduler', 've_scheduler', 'tweedie_x0', 'Denoiser', 'tiny_unet', 'AnalyticDenoiser',
            'EmpiricalDenoiser']
 
 # %% ../nbs/02_diffusion.ipynb #78926c1a
@@ -38,6 +38,14 @@ def ve_scheduler(sigma_min:float=0.01, sigma_max:float=50., T:int=1000)->ScoreSd
     return ScoreSdeVeScheduler(num_train_timesteps=T, sigma_min=sigma_min, sigma_max=sigma_max)
 
 # %% ../nbs/02_diffusion.ipynb #40153131
+def tweedie_x0(x:torch.Tensor, # x_t
+               eps:torch.Tensor, # the noise prediction at x_t
+               sigma, # sigma(t): sqrt(1-abar_t) (VP) or the VE sigma
+               m, # m_t/x0: sqrt(abar_t) (VP) or 1 (VE)
+              )->torch.Tensor:
+    "Tweedie's formula from an eps prediction: E[x0|x_t] = (x_t - sigma eps)/m. The package's one copy (samplers and guidance use it)."
+    return (x - sigma * eps) / m
+
 class Denoiser(nn.Module):
     "An eps-prediction `unet` + a diffusers `scheduler` (VP `DDPMScheduler` or VE `ScoreSdeVeScheduler`), in model space [-1,1]."
     def __init__(self, unet:nn.Module|None, scheduler):
@@ -120,7 +128,7 @@ class Denoiser(nn.Module):
 
     def x0_hat(self, x, t, clamp:bool=False):
         "E[x0|x_t] = (x_t - sigma eps_hat)/sqrt(abar_t) (Tweedie); `clamp` clips to [-1,1]."
-        x0 = self.mean_hat(x, t) / self.m_scale(t, x)
+        x0 = tweedie_x0(x, self.eps(x, t), self.sigma(t, x), self.m_scale(t, x))
         return x0.clamp(-1, 1) if clamp else x0
 
     @torch.no_grad()

@@ -13,7 +13,7 @@ import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from tqdm.auto import tqdm
 from .config import get_device
 from .data import check_images
-from .diffusion import Denoiser, to_model, to_unit
+from .diffusion import Denoiser, to_model, to_unit, tweedie_x0
 from .sampling import sample_ddim
 
 # %% auto #0
@@ -200,7 +200,7 @@ class LowpassGuidance:
         _, _, xg, e = self._graph
         with torch.enable_grad():
             ab = self.abar(t, xg)
-            x0 = (xg - (1 - ab).sqrt() * e) / ab.sqrt()
+            x0 = tweedie_x0(xg, e, (1 - ab).sqrt(), ab.sqrt())
             if self.clamp: x0 = x0.clamp(-1, 1)
             dist = (self.ref_lp - lowpass(x0, self.D, self.lp_mode)).flatten(1).norm(dim=1).sum()
             g = torch.autograd.grad(dist, xg)[0]

@@ -8,6 +8,7 @@ Docs: https://diffaug-nb.github.io/diffaug-nb/sampling.html.md"""
 from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
+from .diffusion import tweedie_x0
 
 # %% auto #0
 __all__ = ['check_timesteps', 'ddim_timesteps', 'sample_ddim', 'sample_ddpm', 'sample_pc']
@@ -32,10 +33,10 @@ def ddim_timesteps(T:int=1000, # training steps of the model
 
 # %% ../nbs/15_sampling.ipynb #352ed2a6
 def _x0_eps(model, x, t:int, extra:dict, clip_x0:bool):
-    "(x0_hat, eps_hat, abar_t) at x_t: x0 = (x - sqrt(1-abar) eps)/sqrt(abar), clipped and eps recomputed if `clip_x0`."
+    "(x0_hat, eps_hat, abar_t) at x_t: Tweedie's x0 (`diffusion.tweedie_x0`), clipped and eps recomputed if `clip_x0`."
     ab = model.abar(t, x)
     eps = model.eps(x, t, **extra)
-    x0 = (x - (1 - ab).sqrt() * eps) / ab.sqrt()
+    x0 = tweedie_x0(x, eps, (1 - ab).sqrt(), ab.sqrt())
     if clip_x0:
         x0 = x0.clamp(-1, 1)
         eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
