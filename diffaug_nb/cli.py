@@ -11,7 +11,7 @@ from pathlib import Path
 from .config import settings
 
 # %% auto #0
-__all__ = ['experiments_dir', 'parse_params', 'main_job', 'main']
+__all__ = ['SAMPLE_QUALITY_SMALL', 'experiments_dir', 'parse_params', 'main_job', 'main']
 
 # %% ../nbs/09_cli.ipynb #6a94408b
 def experiments_dir()->Path:
@@ -34,7 +34,7 @@ def _parser():
         sp.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), default=[],
                         help='override a notebook parameter (value read as a Python literal)')
         sp.add_argument('--run-dir', default=None, help='where outputs go (default: runs_dir from settings.ini)')
-    m = sub.add_parser('main', help='the main job: score model (trained if absent), Fig. 1 + quality numbers, robustness experiment')
+    m = sub.add_parser('main', help='the main job: score model (trained if absent), Fig. 1 + quality numbers, a small sample-quality run, robustness experiment')
     params(m)
     m.add_argument('--skip-robustness', action='store_true', help='stop after the score model and its quality report')
     params(sub.add_parser('train-score-model', help='train (or reuse) the embedded score model and report its quality'))
@@ -63,8 +63,12 @@ def _step(name:str, nb:str, params:dict, run_root:Path)->Path:
     print(f"   done in {time.time()-t0:.0f} s", flush=True)
     return path
 
-def main_job(params:dict|None=None, run_dir=None, skip_robustness:bool=False)->Path:
-    "The main job on the embedded default: score model + Fig. 1 + quality numbers, then the robustness experiment."
+SAMPLE_QUALITY_SMALL = dict(configs=[['ddim', 25, 200]], seeds=[0], n_real=500)
+
+def main_job(params:dict|None=None, run_dir=None, skip_robustness:bool=False,
+             samples:bool=True, # run the small sample-quality step (a grid and the generator numbers)
+            )->Path:
+    "The main job on the embedded default: score model + Fig. 1 + quality numbers, a small sample-quality run, then robustness."
     params = params or {}
     root = Path(run_dir) if run_dir else settings()['runs_dir']/'main'/time.strftime('%Y%m%d-%H%M%S')
     t0 = time.time()
@@ -75,6 +79,14 @@ def main_job(params:dict|None=None, run_dir=None, skip_robustness:bool=False)->P
     print(f"   score model: {q['model_dir']} ({q['steps']} steps)")
     for k, v in q['accuracy'].items(): print(f"   accuracy {k:32s} {v:.3f}")
     print(f"   Fig. 1: {sm/'fig1_denoised.png'}")
+    if samples:
+        sq = _step('sample_quality', 'sample_quality.ipynb',
+                   dict(SAMPLE_QUALITY_SMALL, **{k: v for k, v in params.items() if k in ('model', 'device', 'cache_dir')}), root)
+        sqq = json.loads((sq/'quality.json').read_text())
+        print(f"   samples: {sqq['configs'][0][1]}-step {sqq['configs'][0][0]}, {sqq['configs'][0][2]} samples (small; "
+              "the targets are defined on 1,000 DDIM-50 samples: nbs/experiments/sample_quality.ipynb)")
+        for k, v in sqq['targets'].items(): print(f"   {k:15s} {v['value']:8.3f}  target {v['target']:8s} {'PASS' if v['passed'] else 'FAIL'}")
+        print(f"   sample grid: {sq/'samples_ddim-25.png'}")
     rob_nb = experiments_dir()/'robustness.ipynb'
     if not skip_robustness and rob_nb.exists():
         rp = {k: v for k, v in params.items() if k not in sm_keys or k in ('model', 'device', 'cache_dir')}
@@ -92,7 +104,7 @@ def main(argv:list[str]|None=None)->int:
     if args.cmd == 'main':
         main_job(parse_params(args.param), args.run_dir, args.skip_robustness)
     elif args.cmd == 'train-score-model':
-        main_job(parse_params(args.param), args.run_dir, skip_robustness=True)
+        main_job(parse_params(args.param), args.run_dir, skip_robustness=True, samples=False)
     elif args.cmd == 'sweep':
         from diffaug_nb.sweep import sweep_main
         return sweep_main(args)

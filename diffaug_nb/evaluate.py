@@ -14,11 +14,12 @@ from tqdm.auto import tqdm
 from .config import get_device
 from .data import check_images
 from .diffusion import Denoiser, to_model, to_unit
+from .sampling import sample_ddim
 
 # %% auto #0
 __all__ = ['DDA_DEFAULTS', 'MODES', 'eval_mode', 'image_noise', 'entropy', 'predict_default', 'predict_de', 'entropy_vs_t',
-           'entropy_figure', 'lowpass', 'default_D', 'dda_scale', 'dda_timesteps', 'sample_dda', 'dda_adapt',
-           'predict_dda', 'evaluate_modes']
+           'entropy_figure', 'lowpass', 'default_D', 'dda_scale', 'dda_timesteps', 'LowpassGuidance', 'sample_dda',
+           'dda_adapt', 'predict_dda', 'evaluate_modes']
 
 # %% ../nbs/07_evaluate.ipynb #97bcd8d9
 def _prep(classifier, denoiser, device):
@@ -172,10 +173,44 @@ def dda_timesteps(t_start:int=500, steps:int=50)->list[int]:
     return [int(round(v)) for v in np.linspace(t_start, 0, steps + 1)]
 
 # %% ../nbs/07_evaluate.ipynb #4e128fbc
+class LowpassGuidance:
+    "DDA's guidance as a model wrapper: each step's mean moves by -scale * grad_x ||phi_D(x_ref) - phi_D(clamp(x0_hat(x, t)))||."
+    def __init__(self, denoiser:Denoiser, # VP `Denoiser` (model space)
+                 x_ref:torch.Tensor, # the input to adapt, B x C x H x W in model space
+                 scale:float, # guidance step w (0: unguided)
+                 D:int, # low-pass factor
+                 lp_mode:str='bicubic', clamp:bool=True):
+        self.denoiser, self.scale, self.D, self.lp_mode, self.clamp = denoiser, float(scale), D, lp_mode, clamp
+        self.ref_lp, self._graph = lowpass(x_ref, D, lp_mode), None
+        self.T, self.kind, self.abar, self.sigma = denoiser.T, denoiser.kind, denoiser.abar, denoiser.sigma
+
+    def eps(self, x, t):
+        "The denoiser's eps; with guidance on, computed with a graph kept for `condition_mean` (one forward per step)."
+        if not self.scale: return self.denoiser.eps(x, t)
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_()
+            e = self.denoiser.eps(xg, t)
+        self._graph = (x, t, xg, e)
+        return e.detach()
+
+    def condition_mean(self, mean, var, x, t):
+        "mean - scale * grad_x ||phi_D(x_ref) - phi_D(x0_hat(x, t))|| (per image, summed over the batch)."
+        if not self.scale: return mean
+        if self._graph is None or self._graph[0] is not x or self._graph[1] != t: self.eps(x, t)
+        _, _, xg, e = self._graph
+        with torch.enable_grad():
+            ab = self.abar(t, xg)
+            x0 = (xg - (1 - ab).sqrt() * e) / ab.sqrt()
+            if self.clamp: x0 = x0.clamp(-1, 1)
+            dist = (self.ref_lp - lowpass(x0, self.D, self.lp_mode)).flatten(1).norm(dim=1).sum()
+            g = torch.autograd.grad(dist, xg)[0]
+        self._graph = None
+        return mean - self.scale * g
+
 def sample_dda(denoiser:Denoiser, # VP `Denoiser`; works in model space [-1,1]
                x_ref:torch.Tensor, # the input to adapt, B x C x H x W in model space
                t_start:int=500, # diffuse the input to this time
-               steps:int=50, # reverse steps (respaced subset of 0..t_start)
+               steps:int=50, # guided steps down to t=0 (respaced subset of 0..t_start), then one to the clean estimate
                scale:float|None=None, # guidance step w; None: dda_scale(x_ref.shape[1:], D); 0: unguided
                D:int|None=None, # low-pass factor; None: default_D(H)
                eta:float=1.0, # 1: DDPM ancestral (DDA), 0: DDIM
@@ -184,35 +219,19 @@ def sample_dda(denoiser:Denoiser, # VP `Denoiser`; works in model space [-1,1]
                noise:torch.Tensor|None=None, # forward noise for x_{t_start} (B x C x H x W)
                noise_sampler:Callable|None=None, # i -> step noise z_i (B x C x H x W); default torch.randn(generator)
                generator:torch.Generator|None=None,
-               callback:Callable|None=None, # called each step with {'x', 'i', 't', 'denoised'}
+               callback:Callable|None=None, # called each step with {'x', 'i', 't', 'x0_hat'} (sample_ddim's)
                disable:bool|None=None, # disable the tqdm bar
               )->torch.Tensor:
-    "DDA: x = diffuse(x_ref, t_start), then guided reverse steps toward phi_D(x_ref); returns x at t=0 (model space)."
+    "DDA: sample_ddim(LowpassGuidance(denoiser, x_ref), diffuse(x_ref, t_start), dda_timesteps(t_start, steps), eta); model space."
     if getattr(denoiser, 'kind', 'vp') != 'vp': raise ValueError("DDA is defined for VP (DDPM) models; got a VE denoiser")
     D = default_D(x_ref.shape[-1]) if D is None else D
     scale = dda_scale(tuple(x_ref.shape[1:]), D) if scale is None else float(scale)
-    taus = dda_timesteps(t_start, steps)
     if noise_sampler is None:
         noise_sampler = lambda i: torch.randn(x_ref.shape, generator=generator, device='cpu' if generator is None else generator.device).to(x_ref)
     x = denoiser.diffuse(x_ref, t_start, noise=noise if noise is not None else noise_sampler(-1))
-    ref_lp = lowpass(x_ref, D, lp_mode) if scale else None
-    for i in tqdm(range(steps), desc='DDA', disable=disable, leave=False):
-        t, tp = taus[i], taus[i + 1]
-        with torch.enable_grad() if scale else torch.no_grad():
-            x = x.detach().requires_grad_(bool(scale))
-            ab, abp = denoiser.abar(t, x), denoiser.abar(tp, x)
-            eps = denoiser.eps(x, t)
-            x0 = (x - (1 - ab).sqrt() * eps) / ab.sqrt()
-            if clamp: x0 = x0.clamp(-1, 1); eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
-            s = eta * ((1 - abp) / (1 - ab)).sqrt() * (1 - ab / abp).sqrt()
-            x_next = abp.sqrt() * x0 + (1 - abp - s**2).clamp_min(0).sqrt() * eps
-            if eta: x_next = x_next + s * noise_sampler(i)
-            if scale:
-                dist = (ref_lp - lowpass(x0, D, lp_mode)).flatten(1).norm(dim=1).sum()
-                x_next = x_next - scale * torch.autograd.grad(dist, x)[0]
-        if callback is not None: callback({'x': x_next.detach(), 'i': i, 't': tp, 'denoised': x0.detach()})
-        x = x_next.detach()
-    return x
+    model = LowpassGuidance(denoiser, x_ref, scale, D, lp_mode, clamp)
+    return sample_ddim(model, x, dda_timesteps(t_start, steps), eta=eta, clip_x0=clamp, noise_sampler=noise_sampler,
+                       callback=callback, progress=disable is False)
 
 # %% ../nbs/07_evaluate.ipynb #e3a4a9a0
 def dda_adapt(denoiser:Denoiser,

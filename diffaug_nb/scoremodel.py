@@ -18,8 +18,9 @@ from .data import load_mnist5k, check_images
 from .diffusion import Denoiser, vp_scheduler, to_model, to_unit, tiny_unet
 
 # %% auto #0
-__all__ = ['EMBEDDED_MODELS', 'make_unet', 'train_score_model', 'embedded_name', 'embedded_params', 'embedded_model_dir',
-           'is_trained', 'load_embedded', 'load_denoiser', 'denoise_grid', 'plot_grid', 'x0hat_accuracy']
+__all__ = ['EMBEDDED_MODELS', 'make_unet', 'train_score_model', 'load_checkpoint', 'embedded_name', 'embedded_params',
+           'embedded_model_dir', 'is_trained', 'load_embedded', 'load_denoiser', 'denoise_grid', 'plot_grid',
+           'x0hat_accuracy']
 
 # %% ../nbs/03_scoremodel.ipynb #3e14a021
 def make_unet(size:int=28, channels:int=1, width:int=32)->UNet2DModel:
@@ -108,6 +109,21 @@ def train_score_model(x:torch.Tensor, # training images N x C x H x W in [0,1]
                     wall_time_total_s=round(init.get('wall_time_total_s', init['wall_time_s']) + elapsed, 1))
     atomic_write_text(out_dir/'provenance.json', json.dumps(prov, indent=1))
     return den
+
+# %% ../nbs/03_scoremodel.ipynb #6cb7ecf5
+def load_checkpoint(model_dir:str|Path, # a score-model directory with checkpoints/last.pt
+                    ema:bool=True, # the EMA weights (what the run will save) or the raw ones
+                    width:int=32, schedule:str='linear', size:int=28, channels:int=1, # the run's architecture
+                    device='auto')->tuple[Denoiser, int]:
+    "(Denoiser, step) from a training run's last checkpoint, for a look at a model mid-training."
+    ck = Path(model_dir)/'checkpoints'/'last.pt'
+    if not ck.exists(): raise FileNotFoundError(f"no training checkpoint at {ck}")
+    st = torch.load(ck, map_location='cpu', weights_only=False)
+    unet = make_unet(size, channels, width)
+    unet.load_state_dict(st['unet'])
+    if ema:
+        for p, s in zip(unet.parameters(), st['ema']['shadow_params']): p.data.copy_(s)
+    return Denoiser(unet, vp_scheduler(schedule)).to(get_device(device)).eval(), st['step']
 
 # %% ../nbs/03_scoremodel.ipynb #b3378a33
 EMBEDDED_MODELS = {

@@ -2,8 +2,9 @@
 import math
 import numpy as np, pytest, torch
 from diffusers import DDIMScheduler
+from diffaug_nb.sampling import sample_ddim
 from diffaug_nb.diffusion import Denoiser, EmpiricalDenoiser, vp_scheduler, ve_scheduler, tiny_unet, to_model
-from diffaug_nb.evaluate import (predict_default, predict_de, entropy_vs_t, lowpass, default_D, sample_dda, dda_adapt,
+from diffaug_nb.evaluate import (predict_default, predict_de, entropy_vs_t, lowpass, default_D, sample_dda, dda_adapt, LowpassGuidance,
                                  predict_dda, evaluate_modes, image_noise, dda_timesteps, dda_scale, MODES)
 
 SCH = vp_scheduler()
@@ -116,14 +117,14 @@ def test_dda_unguided_is_ddim_and_ddpm():
         ddim = DDIMScheduler(num_train_timesteps=1000, beta_schedule='linear', clip_sample=True, set_alpha_to_one=True)
         ddim.set_timesteps(100)
         xt = emp.diffuse(xr, 500, noise=n0)
-        for i, t in enumerate(range(500, 0, -10)):
+        for i, t in enumerate(range(500, -1, -10)):   # ... 10 -> 0, then 0 -> clean (set_alpha_to_one)
             xt = ddim.step(emp.eps(xt, t), t, xt, eta=eta, use_clipped_model_output=True,
-                           variance_noise=zs[i] if eta else None).prev_sample
+                           variance_noise=zs[i] if eta and t > 0 else None).prev_sample
         torch.testing.assert_close(ours, xt, atol=1e-4, rtol=0)
 
 
 def test_dda_eta1_step_is_respaced_ddpm_posterior():
-    "One ancestral step from t to t' by hand: q(x_t'|x_t, x0) with beta' = 1 - abar_t/abar_t'."
+    "One ancestral step from t to t'=0 by hand, q(x_t'|x_t, x0) with beta' = 1 - abar_t/abar_t', then t=0 -> clip(x0_hat)."
     emp = EmpiricalDenoiser(torch.rand(4, 1, 3, 3, dtype=torch.float64) * 2 - 1, SCH)
     xr = torch.rand(2, 1, 3, 3, dtype=torch.float64) * 2 - 1
     n0, z = torch.randn(xr.shape, dtype=torch.float64), torch.randn(xr.shape, dtype=torch.float64)
@@ -134,7 +135,8 @@ def test_dda_eta1_step_is_respaced_ddpm_posterior():
     beta = 1 - a / ap
     mean = math.sqrt(ap) * beta / (1 - a) * x0 + math.sqrt(1 - beta) * (1 - ap) / (1 - a) * xt
     var = (1 - ap) / (1 - a) * beta
-    np.testing.assert_allclose(out.flatten(1).numpy(), mean + math.sqrt(var) * z.flatten(1).numpy(), atol=1e-8)
+    x_at_0 = mean + math.sqrt(var) * z.flatten(1).numpy()
+    np.testing.assert_allclose(out.flatten(1).numpy(), np.clip(x0_hat_np(x_at_0, 0, emp.points.flatten(1).numpy()), -1, 1), atol=1e-8)
 
 
 def test_dda_guidance_is_the_norm_gradient():
@@ -143,9 +145,9 @@ def test_dda_guidance_is_the_norm_gradient():
     emp = EmpiricalDenoiser(torch.rand(4, 1, 4, 4, dtype=torch.float64) * 1.6 - 0.8, SCH)
     xr = torch.rand(2, 1, 4, 4, dtype=torch.float64) * 2 - 1
     n0 = torch.randn(xr.shape, dtype=torch.float64)
-    kw = dict(t_start=200, steps=1, eta=0., D=2, noise=n0, disable=True)
-    g0, g1 = sample_dda(emp, xr, scale=0, **kw), sample_dda(emp, xr, scale=0.3, **kw)
     xt = emp.diffuse(xr, 200, noise=n0)
+    g0 = sample_ddim(LowpassGuidance(emp, xr, 0., 2), xt, [200])     # one step: 200 -> clean
+    g1 = sample_ddim(LowpassGuidance(emp, xr, 0.3, 2), xt, [200])
     f = lambda x: (lowpass(xr, 2) - lowpass(emp.x0_hat(x, 200, clamp=True), 2)).flatten(1).norm(dim=1).sum()
     grad, h = torch.zeros_like(xt), 1e-6
     for j in range(xt.numel()):
