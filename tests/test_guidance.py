@@ -2,6 +2,7 @@
 import inspect, numpy as np, pytest, torch, torch.nn as nn, torch.nn.functional as F
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 from diffaug_nb.diffusion import Denoiser, vp_scheduler, ve_scheduler, tiny_unet
+from diffaug_nb.sampling import ddim_timesteps
 from diffaug_nb.guidance import (TimeCNN, DAClassifier, make_guidance_classifier, fit_guidance_classifier, guidance_params,
                                  guidance_dir, get_guidance_classifier, ClassifierGuidance, MeanFormGuidance,
                                  GaussianMixtureDenoiser, diffused_draws, guidance_accuracy, accuracy_vs_t, input_ablation,
@@ -10,7 +11,7 @@ from diffaug_nb.guidance import (TimeCNN, DAClassifier, make_guidance_classifier
 f64 = torch.float64
 
 
-# --- the sampling protocol: diffaug_nb.sampling when present, and a minimal stand-in written here -------------------
+# --- the sampling protocol: diffaug_nb.sampling, and a minimal independent implementation written here -------------
 def _ddim(model, x, timesteps, eta=0.0, generator=None, callback=None, extra_args=None):
     ts, extra = list(timesteps), extra_args or {}
     with torch.no_grad():
@@ -34,12 +35,8 @@ def _ddpm(model, x, timesteps, generator=None, callback=None, extra_args=None):
             x = mean + (var.sqrt() * torch.randn(x.shape, generator=generator, dtype=x.dtype) if i + 1 < len(ts) else 0)
     return x
 
-SAMPLERS = [('stand-in', _ddpm, _ddim)]
-try:
-    from diffaug_nb import sampling as _sampling
-    SAMPLERS.append(('diffaug_nb.sampling', _sampling.sample_ddpm, _sampling.sample_ddim))
-except ImportError:
-    _sampling = None
+from diffaug_nb import sampling as _sampling
+SAMPLERS = [('stand-in', _ddpm, _ddim), ('diffaug_nb.sampling', _sampling.sample_ddpm, _sampling.sample_ddim)]
 
 
 @pytest.fixture(scope='module')
@@ -199,7 +196,6 @@ def test_guided_sampling_draws_the_chosen_component(impl):
         torch.testing.assert_close(v.mean(0), MEANS[y], atol=0.03, rtol=0)
         torch.testing.assert_close(v.std(0), torch.full((2,), STD, dtype=f64), atol=0.03, rtol=0)
 
-@pytest.mark.skipif(_sampling is None or not hasattr(_sampling, 'sample_pc'), reason='diffaug_nb.sampling.sample_pc not available yet')
 def test_guided_pc_ve_mixture():
     "VE predictor-corrector with the guided score draws from the chosen component."
     gm = GaussianMixtureDenoiser(MEANS, STD, ve_scheduler(sigma_min=0.01, sigma_max=3.))
@@ -306,7 +302,7 @@ def test_guided_samples_and_table(tiny):
     assert (tab.loc[tab.classifier == 'none', 'scale'] == 0).all()
     # the unguided rows equal a direct sampler call from the same x_T
     xT = torch.randn((6, 1, 8, 8), generator=torch.Generator().manual_seed(2))
-    ref = ((_ddim(den, xT, torch.linspace(999, 0, 4).round().long().tolist()) + 1) / 2).clamp(0, 1)
+    ref = ((_ddim(den, xT, ddim_timesteps(1000, 4)) + 1) / 2).clamp(0, 1)
     torch.testing.assert_close(samples[('none', 'DDIM-4')], ref)
     # guided DDIM differs from unguided before the final clamp
     y = torch.tensor([0, 1, 2, 0, 1, 2])
