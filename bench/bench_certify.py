@@ -11,7 +11,7 @@ does not depend on the weights), the classifier the committed baseline CNN (a ra
 
     python bench/bench_certify.py [--n 1000] [--n0 100] [--batch-size 500] [--sigma 0.5] [--repeats 3] [--device cpu]
 """
-import argparse, json, math, os, statistics, time
+import argparse, json, os, statistics, time
 import torch
 
 from diffaug_nb.config import get_device

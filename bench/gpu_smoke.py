@@ -16,8 +16,8 @@ Usage:  python bench/gpu_smoke.py [--device cuda] [--batch 4] [--steps 3] [--ddi
         python bench/gpu_smoke.py --tiny      # tiny configuration on the CPU (what tests/test_gpu_smoke.py runs)
 """
 from __future__ import annotations
-import argparse, json, math, resource, sys, time
-import torch, torch.nn.functional as F
+import argparse, json, resource, sys, time
+import torch
 from diffusers import DDIMScheduler, UNet2DModel
 from diffaug_nb.config import get_device
 from diffaug_nb.convert import guided_diffusion_config, unet_config

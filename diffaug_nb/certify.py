@@ -323,7 +323,6 @@ def certify_table(classifiers:Mapping|None=None, # name -> classifier; None: `de
 def certify_figure(accuracy:pd.DataFrame, # `certified_accuracy` / `certify_table(...)['accuracy']`
                    title:str='Certified accuracy vs l2 radius (DDS; paper Fig. 8, Table 8)'):
     "Plotly figure: one panel per sigma and one for the best-sigma envelope, a line per classifier."
-    import plotly.graph_objects as go
     from plotly.subplots import make_subplots
     sig = list(dict.fromkeys(accuracy.index.get_level_values('sigma')))
     models = list(dict.fromkeys(accuracy.index.get_level_values('model')))

@@ -7,7 +7,7 @@ Docs: https://diffaug-nb.github.io/diffaug-nb/ood.html.md"""
 # %% ../nbs/17_ood.ipynb #74c1b6d3
 from __future__ import annotations
 from typing import Callable, Iterable
-import numpy as np, pandas as pd, torch, torch.nn as nn, torch.nn.functional as F
+import numpy as np, pandas as pd, torch, torch.nn as nn
 from sklearn.metrics import roc_auc_score, roc_curve, average_precision_score
 from pytorch_ood.detector import MaxSoftmax, EnergyBased, ReAct
 from pytorch_ood.detector.ash import ash_p, ash_b, ash_s
@@ -17,7 +17,7 @@ from .data import load_mnist5k, check_images
 from .diffusion import Denoiser
 from .corruptions import plasma_fractal
 from .train import subset_classes
-from .evaluate import image_noise, eval_mode, predict_de
+from .evaluate import image_noise, eval_mode
 
 # %% auto #0
 __all__ = ['POSITIVE', 'DETECTORS', 'FEATURE_DETECTORS', 'OOD_DEFAULTS', 'OOD_SETS', 'fpr_at_tpr', 'ood_metrics', 'msp_score',
@@ -234,7 +234,7 @@ def ood_datasets(id_classes:Iterable[int]=range(6), # the classes the classifier
     x_id = subset_classes((xt, yt), idc)[0]
     x_id = x_id[:n] if n is not None else x_id
     m = len(x_id)
-    out, g = {'id': x_id}, torch.Generator().manual_seed(int(seed))
+    out = {'id': x_id}
     for s in sets:   # a fixed order of draws: each set depends on seed only, not on which others are asked for
         gs = torch.Generator().manual_seed(int(np.random.SeedSequence([int(seed), OOD_SETS.index(s)]).generate_state(1)[0]))
         if s == 'near': xo = subset_classes((xt, yt), other)[0]; out[s] = xo[:n] if n is not None else xo

@@ -8,7 +8,6 @@ Docs: https://diffaug-nb.github.io/diffaug-nb/quality.html.md"""
 from __future__ import annotations
 import torch, torch.nn.functional as F
 from tqdm.auto import tqdm
-from .config import get_device
 from .data import load_mnist5k, check_images
 from .diffusion import to_unit
 from .sampling import sample_ddim, sample_ddpm, sample_pc, ddim_timesteps

@@ -10,7 +10,6 @@ import pytest, torch, torch.nn.functional as F
 from diffusers import UNet2DModel
 from diffaug_nb.convert import (guided_diffusion_config, unet_config, convert_state_dict, convert_guided_diffusion,
                                 load_guided_diffusion)
-from diffaug_nb.diffusion import Denoiser, vp_scheduler
 
 
 # ---------------------------------------------------------------- guided-diffusion's layout, as UNetModel.__init__ builds it

@@ -3,7 +3,7 @@ import math, types
 import numpy as np, pytest, torch
 from diffusers import DDIMScheduler
 from diffaug_nb.sampling import sample_ddim
-from diffaug_nb.diffusion import Denoiser, EmpiricalDenoiser, vp_scheduler, ve_scheduler, tiny_unet, to_model
+from diffaug_nb.diffusion import Denoiser, EmpiricalDenoiser, vp_scheduler, ve_scheduler, tiny_unet
 from diffaug_nb.evaluate import (predict_default, predict_de, entropy_vs_t, lowpass, default_D, sample_dda, dda_adapt, LowpassGuidance,
                                  predict_dda, evaluate_modes, image_noise, dda_timesteps, dda_scale, MODES)
 

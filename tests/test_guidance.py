@@ -1,12 +1,12 @@
 "Guidance classifiers and classifier guidance against independent references: autograd formulas, an exact Gaussian mixture."
-import inspect, numpy as np, pytest, torch, torch.nn as nn, torch.nn.functional as F
+import pytest, torch, torch.nn.functional as F
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 from diffaug_nb.diffusion import Denoiser, vp_scheduler, ve_scheduler, tiny_unet
 from diffaug_nb.sampling import ddim_timesteps
 from diffaug_nb.guidance import (TimeCNN, DAClassifier, make_guidance_classifier, fit_guidance_classifier, guidance_params,
                                  guidance_dir, get_guidance_classifier, ClassifierGuidance, MeanFormGuidance,
                                  GaussianMixtureDenoiser, diffused_draws, guidance_accuracy, accuracy_vs_t, input_ablation,
-                                 log_prob_grad, da_gradient_parts, guided_samples, guidance_table)
+                                 log_prob_grad, da_gradient_parts, guidance_table)
 
 f64 = torch.float64
 
