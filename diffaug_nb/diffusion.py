@@ -101,8 +101,9 @@ class Denoiser(nn.Module):
                              + ("convert RGB to grey with x.mean(1, keepdim=True)" if C == 1 else f"give it {C}-channel images")
                              + " or load a model trained on your images' channels.")
         S = (S, S) if isinstance(S, int) else tuple(S or ())
-        if S and tuple(x.shape[-2:]) != S:
-            raise ValueError(f"this model was trained on {S[0]}x{S[1]} images, got {x.shape[-2]}x{x.shape[-1]}; "
+        k = 2 ** (len(getattr(cfg, 'block_out_channels', ())) - 1) if getattr(cfg, 'block_out_channels', None) else 1
+        if S and (x.shape[-2] % k or x.shape[-1] % k):   # a convolutional UNet takes any size its down-samplings divide
+            raise ValueError(f"this model (trained on {S[0]}x{S[1]} images) takes sizes divisible by {k}, got {x.shape[-2]}x{x.shape[-1]}; "
                              f"bring them to its size with diffaug_nb.data.resize_images(x, {S[0]}) "
                              "(or load them with size=...) or load a model trained at your size.")
         return x
