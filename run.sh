@@ -20,6 +20,8 @@ setup() {
     "$VENV/bin/python" -m pip install -q --upgrade pip
     # (this machine's pip.conf names mirror folders that may be absent: drop those warnings)
     "$VENV/bin/python" -m pip install -q -e ".[dev]" 2> >(grep -v -e "^WARNING: Location 'file:" -e "is neither a file nor a directory" >&2)
+    # torchattacks pins an old `requests` that clashes with jupyterlab's: its real needs are installed above (pyproject.toml)
+    "$VENV/bin/python" -m pip install -q --no-deps "torchattacks>=3.5" 2> >(grep -v -e "^WARNING: Location 'file:" -e "is neither a file nor a directory" >&2)
     rm -f "$VENV"/.diffaug-installed-*; touch "$stamp"
   fi
   export PATH="$PWD/$VENV/bin:$PATH"
