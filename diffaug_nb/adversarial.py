@@ -12,7 +12,6 @@ from tqdm.auto import tqdm
 import torchattacks
 from .config import get_device
 from .data import check_images
-from .train import evaluate_classifier
 
 # %% auto #0
 __all__ = ['NORMS', 'ATTACKS', 'METHODS', 'make_attack', 'robust_accuracy', 'adversarial_loss', 'adv_train']

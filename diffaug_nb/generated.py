@@ -6,7 +6,7 @@ Docs: https://diffaug-nb.github.io/diffaug-nb/generated.html.md"""
 
 # %% ../nbs/32_generated.ipynb #cd461ae2
 from __future__ import annotations
-import json, math, time
+import json, time
 from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
