@@ -72,7 +72,7 @@ case "${1:-}" in
     echo "== nbdev-test (notebooks in nbs/)"
     nbdev-test --n-workers 2 --timing
     echo "== pytest (tests/)"
-    python -m pytest -q tests
+    python -m pytest -q --durations=15 tests
     echo "== all tests passed in $(( $(date +%s) - start )) s"
     ;;
   *) sed -n 2,6p "$0"; exit 2 ;;
