@@ -111,7 +111,7 @@ def adv_train(model, # a classifier of [0,1] images, trained in place
               method:str='pgd', norm:str='linf', eps:float=0.1, steps:int=10, alpha:float|None=None, beta:float=6.0,
               epochs:int=5, batch_size:int=128, lr:float=3e-3, weight_decay:float=5e-4,
               x_val:torch.Tensor|None=None, y_val:torch.Tensor|None=None, # for the per-epoch robust accuracy (best epoch)
-              val_steps:int=10, seed:int=0, device='auto', progress:bool=True)->dict:
+              val_steps:int=10, seed:int=0, device=None, progress:bool=True)->dict:
     "Adversarial training on real/generated batches; returns curves, the best-epoch state (by validation PGD) and the last state."
     check_images(x, name='real digits')
     if x_gen is not None:

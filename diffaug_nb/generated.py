@@ -19,7 +19,7 @@ __all__ = ['default_labeller', 'model_id', 'generated_params', 'generated_dir', 
            'generated_dataset']
 
 # %% ../nbs/32_generated.ipynb #ba728359
-def default_labeller(device='cpu', train_if_absent:bool=False):
+def default_labeller(device=None, train_if_absent:bool=False):
     "The labeller of generated digits: the cached DiffAug CNN (policy 'none', DiffAug with 'embedded-weak', seed 0)."
     return get_classifier(policy='none', diffaug=True, denoiser='embedded-weak', seed=0, device=device,
                           train_if_absent=train_if_absent, progress=False)
@@ -81,7 +81,7 @@ def generate_set(model, # a Denoiser-like object, or an embedded name / diffuser
                  shape:tuple|None=None, # C x H x W (default: the UNet's config)
                  n_classes:int=10,
                  max_chunks:int=1000, # give up (ValueError) when the threshold keeps too little
-                 cache_dir=None, device='cpu', progress:bool=True,
+                 cache_dir=None, device=None, progress:bool=True,
                  on_chunk=None, # called with the summary dict after each new chunk
                 )->Path:
     "Draw chunks of samples until `n` pass the labeller's threshold; returns the set's folder (cached: nothing is redrawn)."

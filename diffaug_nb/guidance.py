@@ -130,7 +130,7 @@ def fit_guidance_classifier(model:nn.Module, # from `make_guidance_classifier`, 
                             steps:int=2000, batch_size:int=128,
                             lr:float=3e-4, weight_decay:float=0.05, ema_decay:float=0.999,
                             out_dir:str|Path|None=None, # checkpoints/last.pt (resume); None: keep nothing
-                            ckpt_every:int=100, seed:int=0, device='auto', progress:bool=True,
+                            ckpt_every:int=100, seed:int=0, device=None, progress:bool=True,
                             callback=None # callback(dict(step, loss)) after each optimiser step
                            )->dict:
     "Minimise E_{t,x0,eps} CE(classifier(x_t, t), y), t ~ U{0..T-1}; EMA weights at the end; returns the loss curve."
@@ -200,7 +200,7 @@ def guidance_dir(cache_dir=None, **params)->Path:
 
 def get_guidance_classifier(kind:str='noisy', # 'noisy' or 'da'
                             denoiser=None, # None (settings.ini default_model), an embedded name, a local diffusers dir, or a `Denoiser`
-                            seed:int=0, device='auto',
+                            seed:int=0, device=None,
                             cache_dir=None, # default settings()['cache_dir']
                             train_if_absent:bool=True, progress:bool=True,
                             **kw # width, steps, batch_size, lr, weight_decay, ema_decay, clamp (GUIDANCE_DEFAULTS)
@@ -386,19 +386,19 @@ def _accuracy(f, xt, tt, y, batch_size:int, device)->float:
 def guidance_accuracy(classifiers:dict, # name -> classifier(x_t, t) -> logits
                       denoiser:Denoiser, x:torch.Tensor, y:torch.Tensor, # clean test images in [0,1] and labels
                       t=None, # None: a random t per image (Table 3); an int: that t
-                      seed:int=0, batch_size:int=250, device='auto')->dict:
+                      seed:int=0, batch_size:int=250, device=None)->dict:
     "Accuracy of each classifier on the same diffused draws of (x, y): name -> accuracy."
     dev = get_device(device)
     xt, tt = diffused_draws(denoiser, x, t, seed)
     return {k: _accuracy(f, xt, tt, y, batch_size, dev) for k, f in classifiers.items()}
 
 def accuracy_vs_t(classifiers:dict, denoiser:Denoiser, x:torch.Tensor, y:torch.Tensor,
-                  ts=tuple(range(0, 1000, 100)), seed:int=0, batch_size:int=250, device='auto'):
+                  ts=tuple(range(0, 1000, 100)), seed:int=0, batch_size:int=250, device=None):
     "A DataFrame, one row per t, one column per classifier: accuracy on x diffused to t (the same noise for every t)."
     import pandas as pd
     return pd.DataFrame([dict(t=t, **guidance_accuracy(classifiers, denoiser, x, y, t, seed, batch_size, device)) for t in ts]).set_index('t')
 
-def input_ablation(da:DAClassifier, x:torch.Tensor, y:torch.Tensor, t=None, seed:int=0, batch_size:int=250, device='auto')->dict:
+def input_ablation(da:DAClassifier, x:torch.Tensor, y:torch.Tensor, t=None, seed:int=0, batch_size:int=250, device=None)->dict:
     "Accuracy of a DA classifier with both inputs, with the noisy input zeroed, and with the denoised input zeroed (§5)."
     fs = {f'zero {z}' if z else 'both inputs': (lambda z: lambda xt, tt: da(xt, tt, zero=z))(z) for z in (None, 'noisy', 'denoised')}
     return guidance_accuracy(fs, da.denoiser, x, y, t, seed, batch_size, device)
@@ -432,7 +432,7 @@ def default_guidance_samplers(ddim_steps:int=50)->dict:
 def guided_samples(denoiser:Denoiser, classifier:nn.Module|None, # None: unguided
                    y:torch.Tensor, # requested class per sample
                    sampler, # (form 'score'|'mean', fn(model, x_T, timesteps, generator, extra_args), steps (ddim_timesteps) or None = all T)
-                   scale:float=1.0, seed:int=0, batch_size:int=250, shape=(1, 28, 28), device='auto')->torch.Tensor:
+                   scale:float=1.0, seed:int=0, batch_size:int=250, shape=(1, 28, 28), device=None)->torch.Tensor:
     "Class-conditional samples in [0,1] (clamped), x_T from `seed`; the same seed gives the same x_T for every classifier."
     dev = get_device(device)
     form, fn, steps = sampler
@@ -454,7 +454,7 @@ def guidance_table(denoiser:Denoiser, classifiers:dict, # name -> guidance class
                    n:int=1000, n_classes:int=10, scale:float=1.0, seed:int=0,
                    metrics=None, # metrics(samples [0,1], labels) -> dict (FID, IS, P/R, class-wise P/R/D/C): the metrics module's hook
                    reference:nn.Module|None=None, # a [0,1]-image classifier: adds 'class_share', the share of samples it labels as requested
-                   batch_size:int=250, shape=(1, 28, 28), device='auto', return_samples:bool=False):
+                   batch_size:int=250, shape=(1, 28, 28), device=None, return_samples:bool=False):
     "Table 4: one row per (classifier, sampler) with n guided samples (labels 0..K-1 in turn, same seed for every row)."
     import pandas as pd
     samplers = samplers or default_guidance_samplers()
