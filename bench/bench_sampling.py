@@ -10,9 +10,10 @@ interleaved (A, B, A, B, ...) so a busy machine slows both alike; medians of wal
 Usage:  python bench/bench_sampling.py [--reps 5] [--batch 64] [--steps 50] [--threads N]
 """
 from __future__ import annotations
-import argparse, statistics, time
+import argparse
 import torch
 from diffusers import DDIMPipeline, DDIMScheduler
+from _interleave import interleaved
 from diffaug_nb.diffusion import Denoiser, vp_scheduler
 from diffaug_nb.scoremodel import make_unet
 from diffaug_nb.sampling import sample_ddim, ddim_timesteps
@@ -38,18 +39,13 @@ def main(argv=None):
     def ours(): sample_ddim(den, xT, ts, eta=0.0)
     def theirs(): pipe(batch_size=a.batch, num_inference_steps=a.steps, eta=0.0, output_type='np', generator=torch.Generator().manual_seed(0))
     fns = dict(A=ours, B=theirs)
-    wall, cpu = {k: [] for k in fns}, {k: [] for k in fns}
-    for i in range(a.warmup + a.reps):
-        for k, f in fns.items():
-            t0, c0 = time.perf_counter(), time.process_time(); f()
-            if i >= a.warmup: wall[k].append(time.perf_counter() - t0); cpu[k].append(time.process_time() - c0)
+    med = interleaved(fns, a.reps, a.warmup)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {a.batch}, DDIM-{a.steps}, reps {a.reps} (after {a.warmup} warm-up)")
     labels = dict(A='diffaug_nb sample_ddim', B='diffusers DDIMPipeline')
     ratios = {}
-    for clock, d in [('wall', wall), ('cpu', cpu)]:
-        med = {k: statistics.median(v) for k, v in d.items()}
-        for k in fns: print(f"{clock:4s} {k} {labels[k]:24s} median {med[k]:7.2f} s  = {a.batch/med[k]:7.1f} samples/s")
-        ratios[clock] = med['B'] / med['A']   # throughput ratio ours/theirs
+    for clock, m in med.items():
+        for k in fns: print(f"{clock:4s} {k} {labels[k]:24s} median {m[k]:7.2f} s  = {a.batch/m[k]:7.1f} samples/s")
+        ratios[clock] = m['B'] / m['A']   # throughput ratio ours/theirs
     for clock, r in ratios.items():
         print(f"throughput ratio A/B ({clock} time, medians) = {r:.3f}; target >= {a.target}: {'PASS' if r >= a.target else 'FAIL'}")
     return ratios

@@ -12,9 +12,10 @@ of 100 steps).
 Usage:  python bench/bench_score_trainer.py [--reps 3] [--steps 20] [--batch 128] [--ckpt-every 100]
 """
 from __future__ import annotations
-import argparse, statistics, tempfile, time, shutil
+import argparse, tempfile, shutil
 from pathlib import Path
 import torch, torch.nn.functional as F
+from _interleave import interleaved
 from diffaug_nb.data import load_mnist5k
 from diffaug_nb.diffusion import Denoiser, vp_scheduler, to_model
 from diffaug_nb.scoremodel import make_unet, train_score_model
@@ -52,19 +53,14 @@ def main(argv=None):
                           lr_schedule='cosine', warmup=2)
 
     fns = dict(A=trainer, B=bare)
-    wall, cpu = {k: [] for k in fns}, {k: [] for k in fns}
-    for i in range(1 + a.reps):
-        for k, f in fns.items():
-            t0, c0 = time.perf_counter(), time.process_time(); f()
-            if i >= 1: wall[k].append(time.perf_counter() - t0); cpu[k].append(time.process_time() - c0)
+    med = interleaved(fns, a.reps)
     shutil.rmtree(tmp, ignore_errors=True)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {a.batch}, {a.steps} steps per rep, reps {a.reps}")
     ratios = {}
-    for clock, d in [('wall', wall), ('cpu', cpu)]:
-        med = {k: statistics.median(v) for k, v in d.items()}
+    for clock, m in med.items():
         for k, lab in dict(A='train_score_model', B='bare step').items():
-            print(f"{clock:4s} {k} {lab:18s} median {med[k]:7.2f} s = {a.steps/med[k]:6.3f} steps/s")
-        ratios[clock] = med['B'] / med['A']
+            print(f"{clock:4s} {k} {lab:18s} median {m[k]:7.2f} s = {a.steps/m[k]:6.3f} steps/s")
+        ratios[clock] = m['B'] / m['A']
     for clock, r in ratios.items():
         print(f"steps/s ratio A/B ({clock} time, medians) = {r:.3f}; target >= {a.target}: {'PASS' if r >= a.target else 'FAIL'}")
     return ratios
