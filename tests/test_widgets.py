@@ -46,9 +46,11 @@ def test_slider_moves_images_bars_and_marker(setup, t):
     assert ex.last_error is None, ex.last_error
     tr = traces(ex.main)
     xt, x0, p = reference(den, clfs['a'], x, t, fixed_noise(x, 0))
+    # x0_hat = (x_t - sqrt(1-abar) eps) / sqrt(abar): float32 rounding grows by 1/sqrt(abar_t) (~160x at t=999)
+    x0_tol = 1e-5 / den.scheduler.alphas_cumprod[t].sqrt().item()
     for i in range(3):
         np.testing.assert_allclose(image_data(tr[f'xt{i}']), xt[i], atol=1e-5)
-        np.testing.assert_allclose(image_data(tr[f'x0{i}']), x0[i], atol=1e-5)
+        np.testing.assert_allclose(image_data(tr[f'x0{i}']), x0[i], atol=x0_tol)
         top = np.argsort(-p[i])[:4]
         np.testing.assert_allclose(tr[f'bar{i}'].x, p[i, top], atol=1e-5)
         assert list(tr[f'bar{i}'].y) == [str(c) for c in top]
