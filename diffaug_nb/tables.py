@@ -6,14 +6,15 @@ Docs: https://diffaug-nb.github.io/diffaug-nb/tables.html.md"""
 
 # %% ../nbs/21_tables.ipynb #2ad0a0ed
 from __future__ import annotations
-import re
+import os, re
+from pathlib import Path
 from typing import Callable, Iterable
 import numpy as np, pandas as pd
 from .augment import make_policy
 
 # %% auto #0
 __all__ = ['MODE_NAME', 'TABLE_ORDER', 'parse_policy', 'parse_policies', 'base_of', 'mean_std', 'fmt_table', 'mean_std_table',
-           'per_seed', 'table1', 'table5', 'nest', 'table_figure']
+           'per_seed', 'table1', 'table5', 'nest', 'table_figure', 'html_report']
 
 # %% ../nbs/21_tables.ipynb #b99f3f42
 _AUG_RE = re.compile(r'(diffaug|noise)(\[\s*(\d+)\s*,\s*(\d+)\s*\])?')
@@ -155,3 +156,39 @@ def table_figure(t:pd.DataFrame, title:str, t_std:pd.DataFrame|None=None, digits
     fig.update_layout(title=title, width=max(800, (150 if t_std is not None else 95) * len(head)),
                       height=160 + 30 * len(idx), margin=dict(l=10, r=10, t=50, b=10))
     return fig
+
+# %% ../nbs/21_tables.ipynb #c8d9e0f1
+def html_report(path, # the .html file to write (plotly.min.js is written beside it)
+                title:str,
+                sections:list, # dicts: 'title', and any of 'text' (HTML), 'tables' (list of (caption, DataFrame)), 'figures' (plotly), 'source' (a run folder)
+                intro:str='')->Path:
+    "Write one offline HTML page of `sections`; return its path."
+    import html, plotly.offline
+    from pathlib import Path
+    from diffaug_nb.config import atomic_write_text
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path.parent/'plotly.min.js', plotly.offline.get_plotlyjs())
+    esc = html.escape
+    parts = [f'<h1>{esc(title)}</h1>', intro]
+    for i, s in enumerate(sections):
+        if 'title' not in s: raise ValueError(f"section {i} has no 'title' (keys: {sorted(s)})")
+        bad = sorted(set(s) - {'title', 'text', 'tables', 'figures', 'source'})
+        if bad: raise ValueError(f"section {s['title']!r}: unknown key(s) {bad}")
+        parts.append(f'<h2 id="s{i}">{esc(s["title"])}</h2>')
+        if s.get('source'):
+            src = Path(s['source']); rel = os.path.relpath(src, path.parent) if src.is_absolute() else str(src)
+            parts.append(f'<p class="source">numbers from <a href="{esc(rel)}"><code>{esc(str(src))}</code></a></p>')
+        if s.get('text'): parts.append(s['text'])
+        for cap, t in s.get('tables', []):
+            parts.append(f'<figure class="table"><figcaption>{esc(cap)}</figcaption>{t.to_html(na_rep="", border=0)}</figure>')
+        for f in s.get('figures', []):
+            if f is not None: parts.append(f'<div class="figure">{f.to_html(full_html=False, include_plotlyjs=False)}</div>')
+    toc = ''.join(f'<li><a href="#s{i}">{esc(s["title"])}</a></li>' for i, s in enumerate(sections))
+    style = ('body{font-family:sans-serif;max-width:1300px;margin:2em auto;padding:0 1em} .figure,figure.table{overflow-x:auto}'
+             ' table{border-collapse:collapse;font-size:13px} td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}'
+             ' figcaption{font-weight:bold;margin:1em 0 .3em} .source{color:#555;font-size:13px}')
+    page = (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{esc(title)}</title>'
+            f'<script src="plotly.min.js"></script><style>{style}</style></head><body>'
+            + parts[0] + f'<ul>{toc}</ul>' + ''.join(parts[1:]) + '</body></html>')
+    atomic_write_text(path, page)
+    return path
