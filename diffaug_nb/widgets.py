@@ -18,12 +18,13 @@ from .diffusion import Denoiser, to_model, to_unit
 from .evaluate import entropy, predict_de, predict_default
 from .gradients import gradient_panels
 from .jacobian import top_singular
+from .plots import by_meta, image_axes, image_trace, image_z, patch_grid, plot_grid
 
 # %% auto #0
 __all__ = ['PANELS', 'as_classifiers', 'pick_images', 'fixed_noise', 'slider_state', 'member_predictions', 'entropy_curve',
-           'image_data', 'slider_figure', 'patch_slider_figure', 'de_state', 'de_figure', 'patch_de_figure', 'Panel',
-           'Explorer', 'explore', 'DEPanel', 'gradient_figure', 'patch_gradient_figure', 'GradientPanel',
-           'jacobian_state', 'jacobian_figure', 'patch_jacobian_figure', 'JacobianPanel']
+           'slider_figure', 'patch_slider_figure', 'de_state', 'de_figure', 'patch_de_figure', 'Panel', 'Explorer',
+           'explore', 'DEPanel', 'GradientPanel', 'jacobian_state', 'jacobian_figure', 'patch_jacobian_figure',
+           'JacobianPanel']
 
 # %% ../nbs/13_widgets.ipynb #0ee56171
 def as_classifiers(classifier)->dict:
@@ -120,28 +121,6 @@ def entropy_curve(classifiers, denoiser:Denoiser, x:torch.Tensor, # images N x C
     return {n: entropy(m['probs']) for n, m in member_predictions(classifiers, denoiser, x, ts, noise, clamp).items()}
 
 # %% ../nbs/13_widgets.ipynb #2605d99b
-def _image_trace(img:torch.Tensor, meta:str, **kw):
-    "A C x H x W [0,1] image as a plotly trace: a grey Heatmap (C=1, exact values) or an RGB Image (C=3)."
-    if img.shape[0] == 1:
-        return go.Heatmap(z=img[0].numpy(), colorscale='gray', zmin=0, zmax=1, showscale=False, meta=meta,
-                          hovertemplate='(%{x}, %{y}): %{z:.3f}<extra></extra>', **kw)
-    return go.Image(z=(img.permute(1, 2, 0).clamp(0, 1) * 255).numpy(), meta=meta, **kw)
-
-def _image_z(img:torch.Tensor):
-    return img[0].numpy() if img.shape[0] == 1 else (img.permute(1, 2, 0).clamp(0, 1) * 255).numpy()
-
-def image_data(trace)->np.ndarray:
-    "The image a trace of `slider_figure` shows, back as a C x H x W array in [0,1] (RGB clamped)."
-    z = np.asarray(trace.z, dtype=np.float32)
-    return z[None] if z.ndim == 2 else z.transpose(2, 0, 1) / 255
-
-def _image_axes(fig, row:int, col:int):
-    "Square pixels, row 0 at the top, no ticks."
-    xa = fig.get_subplot(row, col).xaxis.plotly_name.replace('axis', '')
-    fig.update_xaxes(row=row, col=col, showticklabels=False, showgrid=False, zeroline=False, constrain='domain')
-    fig.update_yaxes(row=row, col=col, showticklabels=False, showgrid=False, zeroline=False, autorange='reversed',
-                     scaleanchor=xa, constrain='domain')
-
 def _topk(p:torch.Tensor, k:int, class_names):
     "Top-k (probabilities, class names) of one probability vector, most likely first."
     v, i = p.topk(min(k, len(p)))
@@ -168,11 +147,11 @@ def slider_figure(state:dict, # from `slider_state`
     for a, nm in zip(fig.layout.annotations, sum([[f'xt{i}', f'x0{i}', f'bar{i}'] + (['curve'] if i == 0 else []) for i in range(N)], [])):
         a.name = nm
     for i in range(N):
-        fig.add_trace(_image_trace(state['x_t'][i], f'xt{i}'), row=i+1, col=1)
-        fig.add_trace(_image_trace(state['x0_hat'][i], f'x0{i}'), row=i+1, col=2)
+        fig.add_trace(image_trace(state['x_t'][i], f'xt{i}'), row=i+1, col=1)
+        fig.add_trace(image_trace(state['x0_hat'][i], f'x0{i}'), row=i+1, col=2)
         fig.add_trace(go.Bar(x=[0]*k, y=[' ']*k, orientation='h', meta=f'bar{i}', showlegend=False, textposition='auto', textangle=0,
                              hovertemplate='%{y}: %{x:.3f}<extra></extra>'), row=i+1, col=3)
-        _image_axes(fig, i+1, 1); _image_axes(fig, i+1, 2)
+        image_axes(fig, i+1, 1); image_axes(fig, i+1, 2)
         fig.update_xaxes(row=i+1, col=3, range=[0, 1], tickvals=[0, 0.5, 1])
         fig.update_yaxes(row=i+1, col=3, type='category', autorange='reversed')
         fig.update_yaxes(row=i+1, col=1, title_text=names[i], title_standoff=2)
@@ -203,18 +182,17 @@ def slider_figure(state:dict, # from `slider_state`
     return fig
 
 # %% ../nbs/13_widgets.ipynb #33f1feeb
-def _by_meta(fig)->dict: return {tr.meta: tr for tr in fig.data}
 def _by_name(fig)->dict: return {a.name: a for a in fig.layout.annotations}
 
 def patch_slider_figure(fig, state:dict, chosen:str|None=None, k:int=3, labels=None, class_names=None,
                         curve:dict|None=None, curve_ts=None):
     "Rewrite the data of a `slider_figure` (a Figure or FigureWidget) for a new `state` (and optionally a new `curve`)."
-    tr, ann = _by_meta(fig), _by_name(fig)
+    tr, ann = by_meta(fig), _by_name(fig)
     clfs = list(state['probs']); chosen = chosen or clfs[0]
     t, N = state['t'], len(state['x'])
     for i in range(N):
-        tr[f'xt{i}'].z = _image_z(state['x_t'][i])
-        tr[f'x0{i}'].z = _image_z(state['x0_hat'][i])
+        tr[f'xt{i}'].z = image_z(state['x_t'][i])
+        tr[f'x0{i}'].z = image_z(state['x0_hat'][i])
         v, cls = _topk(state['probs'][chosen][i], k, class_names)
         true = None if labels is None else (str(class_names[int(labels[i])]) if class_names is not None else str(int(labels[i])))
         tr[f'bar{i}'].update(x=v, y=cls, text=[f'{p:.2f}' for p in v],
@@ -277,8 +255,8 @@ def de_figure(de:dict, # from `de_state`
     H, Wd = de['x0_hat'].shape[-2:]
     rows = [f't={s}' for s in de['t']] + ['DE mean', 'clean x']
     for i in range(N):
-        fig.add_trace(_image_trace(_strip(de['x0_hat'][:, i]), f'strip{i}'), row=i+1, col=1)
-        _image_axes(fig, i+1, 1)
+        fig.add_trace(image_trace(_strip(de['x0_hat'][:, i]), f'strip{i}'), row=i+1, col=1)
+        image_axes(fig, i+1, 1)
         fig.update_xaxes(row=i+1, col=1, showticklabels=True, tickvals=[j*(Wd+1) + Wd/2 - 0.5 for j in range(S)],
                          ticktext=[str(s) for s in de['t']], title_text='t', title_standoff=0)
         z = torch.cat([de['probs'][:, i], de['mean'][i:i+1], de['clean'][i:i+1]]).numpy()
@@ -547,31 +525,6 @@ class DEPanel(Panel):
 
 PANELS['de'] = DEPanel
 
-# %% ../nbs/13_widgets.ipynb #9c6b3e7a
-def gradient_figure(cols:dict, # title -> N x C x H x W in [0,1], from `gradients.gradient_panels`
-                    names=None)->go.Figure:
-    "Rows: images; columns: `cols` (image, x_t, then per classifier the gradient through the denoiser and on x_t)."
-    keys = list(cols); N = len(cols[keys[0]])
-    names = names or [f'image {i}' for i in range(N)]
-    fig = make_subplots(rows=N, cols=len(keys), horizontal_spacing=0.01, vertical_spacing=0.04,
-                        subplot_titles=[k if i == 0 else '' for i in range(N) for k in keys] if N else keys)
-    for a, (i, j) in zip(fig.layout.annotations, [(i, j) for i in range(N) for j in range(len(keys))]): a.name = f'g{i}:{j}'
-    for i in range(N):
-        for j, k in enumerate(keys):
-            fig.add_trace(_image_trace(cols[k][i], f'g{i}:{j}'), row=i+1, col=j+1); _image_axes(fig, i+1, j+1)
-        fig.update_yaxes(row=i+1, col=1, title_text=names[i], title_standoff=2)
-    fig.update_annotations(font_size=11)
-    fig.update_layout(height=max(200, 150*N + 60), width=min(1400, 60 + 150*len(keys)), margin=dict(l=50, r=10, t=40, b=10), template='plotly_white', uirevision='grad')
-    return fig
-
-def patch_gradient_figure(fig, cols:dict):
-    "New gradient images (same columns) into a `gradient_figure`."
-    tr, ann = _by_meta(fig), _by_name(fig)
-    for j, k in enumerate(cols):
-        for i in range(len(cols[k])): tr[f'g{i}:{j}'].z = _image_z(cols[k][i])
-        if f'g0:{j}' in ann: ann[f'g0:{j}'].text = k
-    return fig
-
 # %% ../nbs/13_widgets.ipynb #1c926690
 class GradientPanel(Panel):
     "Gradients through the denoiser and on x_t at the slider's t, for every classifier (`gradient_panels`); follows the slider."
@@ -584,8 +537,13 @@ class GradientPanel(Panel):
         self.state = gradient_panels(ex.clfs, ex.den, ex.x, y, t=ex.t.value, seed=ex.seed.value, clamp=ex.clamp)
         return self.state
 
-    def build(self)->go.Figure: return gradient_figure(self.compute(), self.ex.names)
-    def patch(self, fig, force:bool=False): patch_gradient_figure(fig, self.compute())
+    def build(self)->go.Figure:
+        fig = plot_grid(self.compute(), row_titles=self.ex.names, key='g', size=150)
+        return fig.update_layout(uirevision='grad')
+
+    def patch(self, fig, force:bool=False):
+        cols = self.compute()
+        patch_grid(fig, cols, col_titles=list(cols), key='g')
 
 PANELS['gradient'] = GradientPanel
 
@@ -602,29 +560,20 @@ def jacobian_state(denoiser:Denoiser, x:torch.Tensor, # one image 1 x C x H x W 
     svd = top_singular(denoiser, xt, int(t), k=k, iters=iters, oversample=oversample, seed=seed)
     return dict(t=int(t), x_t=to_unit(xt[0]).cpu(), S=svd.S[0].cpu(), U=svd.U[0].T.reshape(-1, *x.shape[1:]).cpu())
 
+def _jacobian_cols(js:dict)->dict:
+    return {'x_t': js['x_t'].clamp(0, 1)[None], **{f'u{i+1}': js['U'][i:i+1, :1] for i in range(len(js['S']))}}
+
 def jacobian_figure(js:dict, # from `jacobian_state`
                     name:str='')->go.Figure:
-    "x_t, then the leading components u_i of d x0_hat/d x_t (red/blue: sign), titled by their singular values."
-    k = len(js['S'])
-    fig = make_subplots(rows=1, cols=k+1, horizontal_spacing=0.01, subplot_titles=['x_t'] + [f'u{i+1}' for i in range(k)])
-    for a, nm in zip(fig.layout.annotations, ['jx'] + [f'ju{i}' for i in range(k)]): a.name = nm
-    fig.add_trace(_image_trace(js['x_t'].clamp(0, 1), 'jx'), row=1, col=1); _image_axes(fig, 1, 1)
-    for i in range(k):
-        fig.add_trace(go.Heatmap(z=js['U'][i, 0].numpy(), colorscale='RdBu', zmid=0, showscale=False, meta=f'ju{i}',
-                                 hovertemplate='%{z:.3f}<extra></extra>'), row=1, col=i+2)
-        _image_axes(fig, 1, i+2)
-    fig.update_annotations(font_size=11)
-    fig.update_layout(height=230, width=min(1400, 40 + 150*(k+1)), margin=dict(l=10, r=10, t=60, b=10), template='plotly_white', uirevision='jac')
+    "`plot_grid` of x_t, then the leading components u_i of d x0_hat/d x_t (red/blue: sign; first channel), titled by their singular values."
+    fig = plot_grid(_jacobian_cols(js), signed=range(1, len(js['S']) + 1), key='j', size=150, title=' ')
+    fig.update_layout(uirevision='jac')
     return patch_jacobian_figure(fig, js, name)
 
 def patch_jacobian_figure(fig, js:dict, name:str=''):
     "New components and singular values into a `jacobian_figure`."
-    tr, ann = _by_meta(fig), _by_name(fig)
-    tr['jx'].z = _image_z(js['x_t'].clamp(0, 1))
-    for i in range(len(js['S'])):
-        tr[f'ju{i}'].z = js['U'][i, 0].numpy()
-        ann[f'ju{i}'].text = f"u{i+1}: s={float(js['S'][i]):.3g}"
-    ann['jx'].text = f"{name} x_t, t={js['t']}"
+    titles = [f"{name} x_t, t={js['t']}"] + [f"u{i+1}: s={float(s):.3g}" for i, s in enumerate(js['S'])]
+    patch_grid(fig, _jacobian_cols(js), col_titles=titles, key='j')
     fig.update_layout(title=dict(text=f"leading components of d x0_hat/d x_t at t={js['t']} (top_singular)", font_size=13))
     return fig
 

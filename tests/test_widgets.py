@@ -5,7 +5,8 @@ import numpy as np, pytest, torch, torch.nn as nn
 import plotly.graph_objects as go
 from diffaug_nb.diffusion import Denoiser, EmpiricalDenoiser, tiny_unet, vp_scheduler, to_model, to_unit
 from diffaug_nb import widgets as wd
-from diffaug_nb.widgets import explore, fixed_noise, image_data
+from diffaug_nb.widgets import explore, fixed_noise
+from diffaug_nb.plots import image_data, plot_grid
 
 
 def np_softmax(z):
@@ -219,10 +220,10 @@ def test_jacobian_panel_matches_theorem_41():
     J = (den.cov_m(xt, 400)[0] / abar) * math.sqrt(abar) / sig**2      # Cov[x0|x] = Cov[m|x]/abar
     s_ref = np.linalg.svd(J.double().numpy(), compute_uv=False)[:3]
     ann = {a.name: a.text for a in ex.panels['jacobian'].fig.layout.annotations}
-    shown = [float(ann[f'ju{i}'].split('s=')[1]) for i in range(3)]
+    shown = [float(ann[f'j:{i+1}'].split('s=')[1]) for i in range(3)]
     np.testing.assert_allclose(ex.panels['jacobian'].state['S'].numpy(), s_ref, rtol=1e-3)
     np.testing.assert_allclose(shown, s_ref, rtol=5e-3)                 # the titles show 3 digits
-    assert ann['jx'] == 'image 1 x_t, t=400'
+    assert ann['j:0'] == 'image 1 x_t, t=400'
 
 
 def test_panels_own_their_widgets_and_a_new_panel_plugs_in(setup, monkeypatch):
@@ -233,7 +234,7 @@ def test_panels_own_their_widgets_and_a_new_panel_plugs_in(setup, monkeypatch):
         title, ts = 'probe', (33,)
         def build(self):
             calls.append(('build', self.ex.t.value))
-            return wd.gradient_figure({'x0_hat at 33': self.ex.members['a']['x0_hat'][list(self.ex.members['a']['t']).index(33)]})
+            return plot_grid({'x0_hat at 33': self.ex.members['a']['x0_hat'][list(self.ex.members['a']['t']).index(33)]})
         def patch(self, fig, force=False): calls.append(('patch', self.ex.t.value))
     monkeypatch.setitem(wd.PANELS, 'probe', Probe)
     ex = explore(clfs, den, x, t=10, panels=('probe', 'de', 'jacobian'), de_ts=[0, 40], jac_k=2, curve_step=500)
@@ -241,7 +242,7 @@ def test_panels_own_their_widgets_and_a_new_panel_plugs_in(setup, monkeypatch):
     assert list(ex.panels) == ['probe', 'de', 'jacobian'] and ex.panel == 'probe'
     assert sorted(ex.members['a']['t']) == [0, 33, 40, 500, 999]          # curve grid + Probe.ts + DE's ts, one pass
     _, x0, _ = reference(den, clfs['a'], x, 33, fixed_noise(x, 0))
-    np.testing.assert_allclose(image_data(traces(ex.figure('probe'))['g1:0']), x0[1], atol=1e-5)
+    np.testing.assert_allclose(image_data(traces(ex.figure('probe'))['1:0']), x0[1], atol=1e-5)
     ex.t.value = 20
     assert calls == [('build', 10), ('patch', 20)]
     ex.tabs.selected_index = 1; ex.t.value = 30                            # only the open tab follows the slider
