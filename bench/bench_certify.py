@@ -11,7 +11,7 @@ does not depend on the weights), the classifier the committed baseline CNN (a ra
 
     python bench/bench_certify.py [--n 1000] [--n0 100] [--batch-size 500] [--sigma 0.5] [--repeats 3] [--device cpu]
 """
-import argparse, json, os, statistics, time
+import argparse, json, os
 import torch
 
 from diffaug_nb.config import get_device
@@ -20,6 +20,7 @@ from diffaug_nb.diffusion import Denoiser, vp_scheduler, to_model
 from diffaug_nb.scoremodel import make_unet, embedded_model_dir, is_trained, load_denoiser
 from diffaug_nb.train import get_classifier, make_classifier
 from diffaug_nb.certify import certify, dds_timestep
+from _interleave import rounds, device_sync
 
 
 def main(argv=None):
@@ -59,16 +60,9 @@ def main(argv=None):
         'floor': lambda: floor([a.n0, a.n]),
         'floor N': lambda: floor([a.n]),
     }
-    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == 'cuda' else (lambda: None)
     floor([B])  # warm-up (allocations, kernels)
-    times = {k: [] for k in jobs}
-    out = None
-    for r in range(a.repeats):
-        for k, f in jobs.items():
-            sync(); t0 = time.perf_counter(); res = f(); sync()
-            times[k].append(time.perf_counter() - t0)
-            if k == 'certify': out = res
-    med = {k: statistics.median(v) for k, v in times.items()}
+    r = rounds(jobs, a.repeats, warmup=0, sync=device_sync(dev))
+    times, med, out = r.wall, r.median('wall'), r.last['certify']
     draws = a.n0 + a.n
     print(f"device={dev} threads={torch.get_num_threads()} load={os.getloadavg()[0]:.2f} sigma={a.sigma} t*={t} "
           f"N0={a.n0} N={a.n} batch={B} UNet={'trained' if trained else 'random'} "
@@ -77,8 +71,7 @@ def main(argv=None):
     for k, v in med.items():
         n_fw = a.n if k == 'floor N' else draws
         print(f"  {k:8s} {v:8.3f} s/image  {v / n_fw * 1e3:7.3f} ms/draw   (rounds: {', '.join(f'{s:.3f}' for s in times[k])})")
-    paired = lambda p, q: statistics.median(u / w for u, w in zip(times[p], times[q]))
-    ratios = {'certify / floor': med['certify'] / med['floor'], 'certify / floor (paired rounds)': paired('certify', 'floor'),
+    ratios = {'certify / floor': med['certify'] / med['floor'], 'certify / floor (paired rounds)': r.paired('certify', 'floor'),
               'certify / floor N': med['certify'] / med['floor N']}
     for k, v in ratios.items(): print(f"  {k:32s} {v:6.3f}x")
     ok = ratios['certify / floor (paired rounds)'] <= 1.1

@@ -18,7 +18,7 @@ they are present and random ones otherwise (timing does not depend on the weight
 
     python bench/bench_de_vs_dda.py [--n 64] [--repeats 3] [--steps 50] [--device cpu]
 """
-import argparse, json, statistics, time, os
+import argparse, json, os
 import torch
 
 from diffaug_nb.config import get_device
@@ -27,6 +27,7 @@ from diffaug_nb.diffusion import Denoiser, vp_scheduler, to_model
 from diffaug_nb.scoremodel import make_unet, embedded_model_dir, is_trained, load_denoiser
 from diffaug_nb.evaluate import predict_default, predict_de, predict_dda, lowpass, default_D, dda_timesteps
 from diffaug_nb.train import make_classifier
+from _interleave import rounds, device_sync
 
 PAPER_TABLE7 = {'DE': 0.5, 'DDA': 4.75}   # seconds per image on an A40 GPU, quoted from the paper (not measured here)
 
@@ -86,14 +87,9 @@ def main(argv=None):
         'DDA': lambda: predict_dda(clf, den, x, False, B, dev, 0, False, t_start=a.t_start, steps=a.steps),
         'DDA floor': dda_floor,
     }
-    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == 'cuda' else (lambda: None)
     jobs['DE']()  # warm-up (allocations, kernels)
-    times = {k: [] for k in jobs}
-    for r in range(a.repeats):
-        for k, f in jobs.items():
-            sync(); t0 = time.perf_counter(); f(); sync()
-            times[k].append((time.perf_counter() - t0) / a.n)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    r = rounds(jobs, a.repeats, warmup=0, sync=device_sync(dev), per=a.n)   # seconds per image
+    times, med = r.wall, r.median('wall')
 
     print(f"device={dev} threads={torch.get_num_threads()} load={os.getloadavg()[0]:.2f} batch={a.n} images "
           f"|S|={len(ts)} DDA steps={a.steps} t_start={a.t_start} UNet={'trained' if trained else 'random'} "
@@ -104,8 +100,7 @@ def main(argv=None):
     ratios = {'DDA / DE': med['DDA'] / med['DE'], 'DE / DE floor': med['DE'] / med['DE floor'],
               'DDA / DDA floor': med['DDA'] / med['DDA floor'], 'DE / default': med['DE'] / med['default']}
     # paired per round: both modes ran back to back under the same load, so the round-wise ratio drifts less
-    paired = lambda a, b: statistics.median(x / y for x, y in zip(times[a], times[b]))
-    ratios.update({'DDA / DE (paired rounds)': paired('DDA', 'DE'), 'DE / DE floor (paired)': paired('DE', 'DE floor')})
+    ratios.update({'DDA / DE (paired rounds)': r.paired('DDA', 'DE'), 'DE / DE floor (paired)': r.paired('DE', 'DE floor')})
     for k, v in ratios.items(): print(f"  {k:26s} {v:6.2f}x")
     print(f"quoted, not measured here (paper Table 7, A40 GPU): DE {PAPER_TABLE7['DE']} s, DDA {PAPER_TABLE7['DDA']} s "
           f"per image, DDA / DE {PAPER_TABLE7['DDA'] / PAPER_TABLE7['DE']:.1f}x")

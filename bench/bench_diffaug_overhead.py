@@ -16,13 +16,14 @@ time are reported (CPU time is the steadier measure on a shared machine).
 Usage:  python bench/bench_diffaug_overhead.py [--reps 15] [--batch 128] [--threads N]
 """
 from __future__ import annotations
-import argparse, statistics, time
+import argparse, statistics
 import torch
 from diffaug_nb.data import load_mnist5k
 from diffaug_nb.diffusion import Denoiser, vp_scheduler, to_model
 from diffaug_nb.scoremodel import make_unet
 from diffaug_nb.augment import DiffAug, diffaug_loss
 from diffaug_nb.train import make_classifier
+from _interleave import rounds
 
 
 def main(argv=None):
@@ -58,17 +59,13 @@ def main(argv=None):
         with torch.no_grad(): den.unet(xt_model, t_fixed).sample
 
     fns = dict(A=step_diffaug, B=step_classifier, C=denoiser_forward)
-    wall, cpu = {k: [] for k in fns}, {k: [] for k in fns}
-    for i in range(a.warmup + a.reps):
-        for k, f in fns.items():
-            t0, c0 = time.perf_counter(), time.process_time(); f()
-            if i >= a.warmup: wall[k].append(time.perf_counter() - t0); cpu[k].append(time.process_time() - c0)
+    r = rounds(fns, a.reps, a.warmup)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {a.batch}, reps {a.reps} (after {a.warmup} warm-up)")
     print(f"UNet params {sum(p.numel() for p in den.unet.parameters()):,}, CNN params {sum(p.numel() for p in clf.parameters()):,}")
     labels = dict(A='train step with DiffAug', B='classifier step on both batches', C='no-grad denoiser forward')
     ratios = {}
-    for clock, d in [('wall', wall), ('cpu', cpu)]:
-        med = {k: statistics.median(v) for k, v in d.items()}
+    for clock, d in [('wall', r.wall), ('cpu', r.cpu)]:
+        med = r.median(clock)
         for k in fns: print(f"{clock:4s} {k} {labels[k]:32s} median {med[k]*1e3:8.1f} ms  mean {statistics.fmean(d[k])*1e3:8.1f} ms")
         ratios[clock] = med['A'] / (med['B'] + med['C'])
     for clock, r in ratios.items():

@@ -60,7 +60,7 @@ def main(argv=None):
         ts = moves(ex, a.moves)
         res[name] = dict(median_ms=1e3 * statistics.median(ts), max_ms=1e3 * max(ts), moves=len(ts))
     ex.tabs.selected_index = 2   # builds the Jacobian figure (one top_singular)
-    t0 = time.perf_counter(); ex.jac_button.click(); res['jacobian_compute_s'] = time.perf_counter() - t0
+    t0 = time.perf_counter(); ex.panels['jacobian'].button.click(); res['jacobian_compute_s'] = time.perf_counter() - t0
     assert ex.last_error is None, ex.last_error
     ts = moves(ex, a.moves)      # Jacobian tab open, not following: only the main figure re-renders
     res['main + Jacobian tab (on demand)'] = dict(median_ms=1e3 * statistics.median(ts), max_ms=1e3 * max(ts), moves=len(ts))

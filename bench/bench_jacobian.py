@@ -15,13 +15,14 @@ On one CPU thread each batch-1 backward pass of the embedded UNet is already com
 cotangents does the same FLOPs (GroupNorm's backward even runs decomposed under vmap), so batching buys little;
 its gain is per-call overhead, which dominates on a GPU (and for small networks), not on this CPU.
 """
-import argparse, json, statistics, time
+import argparse, json, statistics
 import torch
 
 from diffaug_nb.config import get_device
 from diffaug_nb.diffusion import Denoiser, vp_scheduler
 from diffaug_nb.scoremodel import make_unet, load_denoiser
 from diffaug_nb.jacobian import denoiser_jacobian, classic_attention
+from _interleave import rounds, device_sync
 
 
 def loop_jacobian(den, x, t):
@@ -58,10 +59,8 @@ def main(argv=None):
     J1, J2 = batched(), loop()          # warm-up, and the two must agree
     err = ((J1 - J2).abs().max() / J2.abs().max()).item()
     assert err < 1e-4, f'batched and looped Jacobians differ: {err:.2e}'
-    tb, tl = [], []
-    for _ in range(a.repeats):
-        t0 = time.perf_counter(); batched(); tb.append(time.perf_counter() - t0)
-        t0 = time.perf_counter(); loop(); tl.append(time.perf_counter() - t0)
+    r = rounds(dict(batched=batched, loop=loop), a.repeats, warmup=0, sync=device_sync(dev))   # warmed up above
+    tb, tl = r.wall['batched'], r.wall['loop']
     mb, ml = statistics.median(tb), statistics.median(tl)
     res = dict(D=784, n_params=sum(p.numel() for p in den.parameters()), chunk_size=cs or 784, threads=torch.get_num_threads(),
                device=str(dev), batched_s=round(mb, 3), loop_s=round(ml, 3), speedup=round(ml / mb, 2), max_rel_diff=err,

@@ -18,11 +18,12 @@ and of process CPU time are reported.
 Usage:  python bench/bench_ood.py [--reps 7] [--batch 256] [--arch cnn] [--threads N]
 """
 from __future__ import annotations
-import argparse, statistics, time
+import argparse, time
 import torch
 from diffaug_nb.data import load_mnist5k
 from diffaug_nb.train import make_classifier, subset_classes
 from diffaug_nb.ood import ood_datasets, classifier_outputs, detector_scores, react_threshold, DETECTORS
+from _interleave import interleaved
 
 
 def main(argv=None):
@@ -51,11 +52,7 @@ def main(argv=None):
             for i in range(0, len(x), a.batch): clf(x[i:i+a.batch])
 
     fns = dict(A=score, B=floor)
-    wall, cpu = {k: [] for k in fns}, {k: [] for k in fns}
-    for i in range(a.warmup + a.reps):
-        for k, f in fns.items():
-            t0, c0 = time.perf_counter(), time.process_time(); f()
-            if i >= a.warmup: wall[k].append(time.perf_counter() - t0); cpu[k].append(time.process_time() - c0)
+    meds = interleaved(fns, a.reps, a.warmup)
     n = sum(len(x) for x in sets.values())
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {a.arch} ({sum(p.numel() for p in clf.parameters()):,} params), "
           f"batch {a.batch}, {n} images in {len(sets)} sets ({', '.join(f'{k} {len(x)}' for k, x in sets.items())}), "
@@ -63,8 +60,7 @@ def main(argv=None):
     print(f"ReAct threshold fitted once on {len(xfit)} ID training digits in {t_fit*1e3:.0f} ms (not in A)")
     labels = dict(A=f'scores of {len(DETECTORS)} detectors', B='one classifier forward (floor)')
     ratios = {}
-    for clock, d in [('wall', wall), ('cpu', cpu)]:
-        med = {k: statistics.median(v) for k, v in d.items()}
+    for clock, med in meds.items():
         for k in fns: print(f"{clock:4s} {k} {labels[k]:32s} median {med[k]*1e3:8.1f} ms  ({med[k]/n*1e6:6.1f} us/image)")
         ratios[clock] = med['A'] / med['B']
     for clock, r in ratios.items():

@@ -19,7 +19,7 @@ from .sampling import sample_ddim
 # %% auto #0
 __all__ = ['DDA_DEFAULTS', 'MODES', 'eval_mode', 'image_noise', 'entropy', 'predict_default', 'predict_de', 'entropy_vs_t',
            'entropy_figure', 'lowpass', 'default_D', 'dda_scale', 'dda_timesteps', 'LowpassGuidance', 'sample_dda',
-           'dda_adapt', 'predict_dda', 'evaluate_modes']
+           'dda_adapt', 'predict_dda', 'count_forwards', 'evaluate_modes']
 
 # %% ../nbs/07_evaluate.ipynb #97bcd8d9
 def _prep(classifier, denoiser, device):
@@ -262,6 +262,16 @@ def predict_dda(classifier:Callable, denoiser:Denoiser,
     xa = dda_adapt(denoiser, x, batch_size, device, seed, progress, **kw)
     p = predict_default(classifier, xa, batch_size, device, progress=False)
     return (p + predict_default(classifier, x, batch_size, device, progress=False)) / 2 if se else p
+
+# %% ../nbs/07_evaluate.ipynb #876d8b5a
+@contextmanager
+def count_forwards(module:nn.Module): # e.g. `denoiser.unet`, or a classifier
+    "Count `module`'s forward calls and the images (rows of their first input) while the block runs: yields {'calls', 'images'}."
+    n = dict(calls=0, images=0)
+    def hook(m, args, out): n['calls'] += 1; n['images'] += len(args[0])
+    h = module.register_forward_hook(hook)
+    try: yield n
+    finally: h.remove()
 
 # %% ../nbs/07_evaluate.ipynb #86dbbde7
 MODES = ('default', 'de', 'dda', 'dda_se')

@@ -7,14 +7,13 @@ Docs: https://diffaug-nb.github.io/diffaug-nb/gradients.html.md"""
 # %% ../nbs/10_gradients.ipynb #09165c3f
 from __future__ import annotations
 from collections import OrderedDict
-import numpy as np, torch, torch.nn as nn
+import torch, torch.nn as nn
 from .diffusion import Denoiser, to_model, to_unit
 from .evaluate import eval_mode  # BatchNorm must not mix the batch into a gradient
 
 
 # %% auto #0
-__all__ = ['DenoiseClassify', 'denoised_grad', 'direct_grad', 'minmax_normalise', 'contrast_stretch', 'gradient_panels',
-           'plot_image_grid']
+__all__ = ['DenoiseClassify', 'denoised_grad', 'direct_grad', 'minmax_normalise', 'contrast_stretch', 'gradient_panels']
 
 # %% ../nbs/10_gradients.ipynb #edb2bafd
 class DenoiseClassify(nn.Module):
@@ -104,21 +103,3 @@ def gradient_panels(classifiers:dict, # name -> classifier ([0,1] images -> logi
         cols[f'{name}: through denoiser'] = show(denoised_grad(clf, denoiser, x_t, t, y, clamp=clamp))
         if direct: cols[f'{name}: on x_t'] = show(direct_grad(clf, x_t, y))
     return OrderedDict((k, v.detach().cpu()) for k, v in cols.items())
-
-def plot_image_grid(cols:dict, # title -> B x C x H x W tensor in [0,1]
-                    size:int=110, title:str|None=None):
-    "Plotly grid: one column per entry of `cols`, one row per image (gray for 1 channel, RGB for 3)."
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-    names = list(cols); B = len(cols[names[0]])
-    fig = make_subplots(B, len(names), subplot_titles=names, horizontal_spacing=0.01, vertical_spacing=0.01)
-    for j, k in enumerate(names):
-        for b in range(B):
-            im = cols[k][b].double().numpy()
-            tr = (go.Heatmap(z=im[0], colorscale='gray', zmin=0, zmax=1, showscale=False) if im.shape[0] == 1
-                  else go.Image(z=np.moveaxis(im, 0, -1) * 255))
-            fig.add_trace(tr, b + 1, j + 1)
-    fig.update_xaxes(visible=False); fig.update_yaxes(visible=False, autorange='reversed')
-    fig.update_annotations(font_size=10)
-    fig.update_layout(width=size * len(names) + 40, height=size * B + 80, margin=dict(l=10, r=10, t=60, b=10), title=title)
-    return fig

@@ -8,7 +8,7 @@ Docs: https://diffaug-nb.github.io/diffaug-nb/jacobian.html.md"""
 from __future__ import annotations
 from contextlib import contextmanager
 from typing import NamedTuple
-import numpy as np, torch, torch.nn as nn
+import torch, torch.nn as nn
 from torch.func import jacrev, jvp, vjp, vmap
 from .diffusion import Denoiser, AnalyticDenoiser, EmpiricalDenoiser, to_model
 
@@ -86,9 +86,9 @@ def jacobian_svd(J:torch.Tensor, # B x D x D Jacobians (from `denoiser_jacobian`
     return JacobianSVD(U[..., :k], S[:, :k], Vh[:, :k])
 
 # %% ../nbs/11_jacobian.ipynb #283718c7
-def _minmax(a:np.ndarray)->np.ndarray:
+def _minmax(a:torch.Tensor)->torch.Tensor:
     lo, hi = a.min(), a.max()
-    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+    return (a - lo) / (hi - lo) if hi > lo else torch.zeros_like(a)
 
 def plot_components(svd:JacobianSVD, # from `jacobian_svd` or `top_singular`
                     shape, # image shape C x H x W
@@ -96,31 +96,17 @@ def plot_components(svd:JacobianSVD, # from `jacobian_svd` or `top_singular`
                     which:str='U', # 'U': columns of U (Fig. 13); 'V': rows of Vh (Fig. 14)
                     images:torch.Tensor|None=None, # optional B x C x H x W [0,1] images shown in a first column
                     title:str|None=None, size:int=80):
-    "Plotly grid: one row per image, one column per component (min-max normalised), titled by the batch-averaged singular value."
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
+    "`plot_grid` of the components: one row per image, one column per component (min-max normalised), titled by the batch-mean singular value."
+    from diffaug_nb.plots import plot_grid   # plotly only when drawing
     if which not in ('U', 'V'): raise ValueError(f"which must be 'U' or 'V', got {which!r}")
     vecs = svd.U.transpose(1, 2) if which == 'U' else svd.Vh          # B x k x D
     B, k = vecs.shape[0], min(k, vecs.shape[1])
     s_mean = svd.S.mean(0)
-    C, H, W = shape
-    lead = images is not None
-    cols = k + lead
-    titles = (['image'] if lead else []) + [f'{i}: s={s_mean[i]:.3g}' for i in range(k)]
-    fig = make_subplots(B, cols, subplot_titles=titles, horizontal_spacing=0.01, vertical_spacing=0.02)
-    def add(img, r, c):
-        img = _minmax(img.detach().cpu().double().numpy().reshape(C, H, W))
-        z = img[0] if C == 1 else np.moveaxis(img, 0, -1) * 255
-        tr = go.Heatmap(z=z, colorscale='gray', showscale=False, zmin=0, zmax=1) if C == 1 else go.Image(z=z)
-        fig.add_trace(tr, r, c)
-    for b in range(B):
-        if lead: add(images[b], b+1, 1)
-        for i in range(k): add(vecs[b, i], b+1, i+1+lead)
-    fig.update_xaxes(visible=False); fig.update_yaxes(visible=False, autorange='reversed', scaleanchor=None)
-    fig.update_annotations(font_size=10)
-    fig.update_layout(width=size*cols + 40, height=size*B + 80, margin=dict(l=10, r=10, t=60, b=10),
-                      title=title or f"{'columns of U' if which == 'U' else 'rows of V^T'}, titled by the batch-mean singular value")
-    return fig
+    grid = torch.stack([torch.stack([_minmax(v.detach().cpu().double()).reshape(shape) for v in vecs[b, :k]]) for b in range(B)])
+    titles = [f'{i}: s={s_mean[i]:.3g}' for i in range(k)]
+    if images is not None: grid, titles = torch.cat([images.detach().cpu().double()[:, None], grid], 1), ['image'] + titles
+    return plot_grid(grid, titles, size=size,
+                     title=title or f"{'columns of U' if which == 'U' else 'rows of V^T'}, titled by the batch-mean singular value")
 
 # %% ../nbs/11_jacobian.ipynb #aa272f46
 def top_singular(den:Denoiser, x_t:torch.Tensor, t, # batch B x C x H x W (model space) and integer time step(s)

@@ -19,8 +19,7 @@ from .diffusion import Denoiser, vp_scheduler, to_model, to_unit
 
 # %% auto #0
 __all__ = ['EMBEDDED_MODELS', 'make_unet', 'train_score_model', 'load_checkpoint', 'embedded_name', 'embedded_params',
-           'embedded_model_dir', 'is_trained', 'load_embedded', 'load_denoiser', 'denoise_grid', 'plot_grid',
-           'x0hat_accuracy']
+           'embedded_model_dir', 'is_trained', 'load_embedded', 'load_denoiser', 'denoise_grid', 'x0hat_accuracy']
 
 # %% ../nbs/03_scoremodel.ipynb #3e14a021
 def make_unet(size:int=28, channels:int=1, width:int=32)->UNet2DModel:
@@ -209,21 +208,6 @@ def denoise_grid(den:Denoiser, x:torch.Tensor, ts=(100, 300, 500, 700, 900), see
     x = x.to(den.device)
     cols = [x] + [den.diffuse_denoise(x, t, noise=noise) for t in ts]
     return torch.stack(cols, 1).cpu()
-
-def plot_grid(grid:torch.Tensor, col_titles=None, path=None, scale:float=1.1):
-    "Show an R x K x C x H x W [0,1] grid with matplotlib; save to `path` if given."
-    import matplotlib.pyplot as plt
-    R, K = grid.shape[:2]
-    fig, axs = plt.subplots(R, K, figsize=(K*scale, R*scale), squeeze=False)
-    for i in range(R):
-        for j in range(K):
-            im = grid[i, j].permute(1, 2, 0).numpy()
-            axs[i, j].imshow(im.squeeze(-1) if im.shape[-1] == 1 else im, cmap='gray', vmin=0, vmax=1)
-            axs[i, j].set_xticks([]); axs[i, j].set_yticks([])
-            if i == 0 and col_titles: axs[i, j].set_title(col_titles[j], fontsize=8)
-    fig.tight_layout()
-    if path: Path(path).parent.mkdir(parents=True, exist_ok=True); fig.savefig(path, dpi=120)
-    return fig
 
 # %% ../nbs/03_scoremodel.ipynb #792210c6
 @torch.no_grad()

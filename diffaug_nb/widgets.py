@@ -6,8 +6,8 @@ Docs: https://diffaug-nb.github.io/diffaug-nb/widgets.html.md"""
 
 # %% ../nbs/13_widgets.ipynb #1d472fc1
 from __future__ import annotations
-import math, time, functools
-from typing import Callable, NamedTuple
+import math, time, functools, contextlib
+from typing import Callable
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -18,12 +18,13 @@ from .diffusion import Denoiser, to_model, to_unit
 from .evaluate import entropy, predict_de, predict_default
 from .gradients import gradient_panels
 from .jacobian import top_singular
+from .plots import by_meta, image_axes, image_trace, image_z, patch_grid, plot_grid
 
 # %% auto #0
 __all__ = ['PANELS', 'as_classifiers', 'pick_images', 'fixed_noise', 'slider_state', 'member_predictions', 'entropy_curve',
-           'image_data', 'slider_figure', 'patch_slider_figure', 'de_state', 'de_figure', 'patch_de_figure', 'Explorer',
-           'Panel', 'explore', 'gradient_figure', 'patch_gradient_figure', 'jacobian_state', 'jacobian_figure',
-           'patch_jacobian_figure']
+           'slider_figure', 'patch_slider_figure', 'de_state', 'de_figure', 'patch_de_figure', 'Panel', 'Explorer',
+           'explore', 'DEPanel', 'GradientPanel', 'jacobian_state', 'jacobian_figure', 'patch_jacobian_figure',
+           'JacobianPanel']
 
 # %% ../nbs/13_widgets.ipynb #0ee56171
 def as_classifiers(classifier)->dict:
@@ -120,28 +121,6 @@ def entropy_curve(classifiers, denoiser:Denoiser, x:torch.Tensor, # images N x C
     return {n: entropy(m['probs']) for n, m in member_predictions(classifiers, denoiser, x, ts, noise, clamp).items()}
 
 # %% ../nbs/13_widgets.ipynb #2605d99b
-def _image_trace(img:torch.Tensor, meta:str, **kw):
-    "A C x H x W [0,1] image as a plotly trace: a grey Heatmap (C=1, exact values) or an RGB Image (C=3)."
-    if img.shape[0] == 1:
-        return go.Heatmap(z=img[0].numpy(), colorscale='gray', zmin=0, zmax=1, showscale=False, meta=meta,
-                          hovertemplate='(%{x}, %{y}): %{z:.3f}<extra></extra>', **kw)
-    return go.Image(z=(img.permute(1, 2, 0).clamp(0, 1) * 255).numpy(), meta=meta, **kw)
-
-def _image_z(img:torch.Tensor):
-    return img[0].numpy() if img.shape[0] == 1 else (img.permute(1, 2, 0).clamp(0, 1) * 255).numpy()
-
-def image_data(trace)->np.ndarray:
-    "The image a trace of `slider_figure` shows, back as a C x H x W array in [0,1] (RGB clamped)."
-    z = np.asarray(trace.z, dtype=np.float32)
-    return z[None] if z.ndim == 2 else z.transpose(2, 0, 1) / 255
-
-def _image_axes(fig, row:int, col:int):
-    "Square pixels, row 0 at the top, no ticks."
-    xa = fig.get_subplot(row, col).xaxis.plotly_name.replace('axis', '')
-    fig.update_xaxes(row=row, col=col, showticklabels=False, showgrid=False, zeroline=False, constrain='domain')
-    fig.update_yaxes(row=row, col=col, showticklabels=False, showgrid=False, zeroline=False, autorange='reversed',
-                     scaleanchor=xa, constrain='domain')
-
 def _topk(p:torch.Tensor, k:int, class_names):
     "Top-k (probabilities, class names) of one probability vector, most likely first."
     v, i = p.topk(min(k, len(p)))
@@ -168,11 +147,11 @@ def slider_figure(state:dict, # from `slider_state`
     for a, nm in zip(fig.layout.annotations, sum([[f'xt{i}', f'x0{i}', f'bar{i}'] + (['curve'] if i == 0 else []) for i in range(N)], [])):
         a.name = nm
     for i in range(N):
-        fig.add_trace(_image_trace(state['x_t'][i], f'xt{i}'), row=i+1, col=1)
-        fig.add_trace(_image_trace(state['x0_hat'][i], f'x0{i}'), row=i+1, col=2)
+        fig.add_trace(image_trace(state['x_t'][i], f'xt{i}'), row=i+1, col=1)
+        fig.add_trace(image_trace(state['x0_hat'][i], f'x0{i}'), row=i+1, col=2)
         fig.add_trace(go.Bar(x=[0]*k, y=[' ']*k, orientation='h', meta=f'bar{i}', showlegend=False, textposition='auto', textangle=0,
                              hovertemplate='%{y}: %{x:.3f}<extra></extra>'), row=i+1, col=3)
-        _image_axes(fig, i+1, 1); _image_axes(fig, i+1, 2)
+        image_axes(fig, i+1, 1); image_axes(fig, i+1, 2)
         fig.update_xaxes(row=i+1, col=3, range=[0, 1], tickvals=[0, 0.5, 1])
         fig.update_yaxes(row=i+1, col=3, type='category', autorange='reversed')
         fig.update_yaxes(row=i+1, col=1, title_text=names[i], title_standoff=2)
@@ -203,18 +182,17 @@ def slider_figure(state:dict, # from `slider_state`
     return fig
 
 # %% ../nbs/13_widgets.ipynb #33f1feeb
-def _by_meta(fig)->dict: return {tr.meta: tr for tr in fig.data}
 def _by_name(fig)->dict: return {a.name: a for a in fig.layout.annotations}
 
 def patch_slider_figure(fig, state:dict, chosen:str|None=None, k:int=3, labels=None, class_names=None,
                         curve:dict|None=None, curve_ts=None):
     "Rewrite the data of a `slider_figure` (a Figure or FigureWidget) for a new `state` (and optionally a new `curve`)."
-    tr, ann = _by_meta(fig), _by_name(fig)
+    tr, ann = by_meta(fig), _by_name(fig)
     clfs = list(state['probs']); chosen = chosen or clfs[0]
     t, N = state['t'], len(state['x'])
     for i in range(N):
-        tr[f'xt{i}'].z = _image_z(state['x_t'][i])
-        tr[f'x0{i}'].z = _image_z(state['x0_hat'][i])
+        tr[f'xt{i}'].z = image_z(state['x_t'][i])
+        tr[f'x0{i}'].z = image_z(state['x0_hat'][i])
         v, cls = _topk(state['probs'][chosen][i], k, class_names)
         true = None if labels is None else (str(class_names[int(labels[i])]) if class_names is not None else str(int(labels[i])))
         tr[f'bar{i}'].update(x=v, y=cls, text=[f'{p:.2f}' for p in v],
@@ -277,8 +255,8 @@ def de_figure(de:dict, # from `de_state`
     H, Wd = de['x0_hat'].shape[-2:]
     rows = [f't={s}' for s in de['t']] + ['DE mean', 'clean x']
     for i in range(N):
-        fig.add_trace(_image_trace(_strip(de['x0_hat'][:, i]), f'strip{i}'), row=i+1, col=1)
-        _image_axes(fig, i+1, 1)
+        fig.add_trace(image_trace(_strip(de['x0_hat'][:, i]), f'strip{i}'), row=i+1, col=1)
+        image_axes(fig, i+1, 1)
         fig.update_xaxes(row=i+1, col=1, showticklabels=True, tickvals=[j*(Wd+1) + Wd/2 - 0.5 for j in range(S)],
                          ticktext=[str(s) for s in de['t']], title_text='t', title_standoff=0)
         z = torch.cat([de['probs'][:, i], de['mean'][i:i+1], de['clean'][i:i+1]]).numpy()
@@ -331,9 +309,54 @@ def _refresh(box, f):
         box.clear_output(wait=True)
         with box: f.show()
 
+# %% ../nbs/13_widgets.ipynb #b0fe528b
+class Panel:
+    "A tab of the explorer. It owns its controls, its numbers (`state`) and its figure (`fig`), and reads the explorer's public state."
+    title = 'panel'
+    ts = ()  # time steps whose `member_predictions` it reads from `Explorer.members` (they join the explorer's one denoiser pass)
+
+    def __init__(self, ex:Explorer): # the explorer: x, names, labels, t, classifier, seed, noise, state, members, clfs, den, clamp
+        self.ex, self.fig, self.state = ex, None, None
+        self.out = W.Output()
+        self.controls = []  # widgets shown above the figure
+
+    def build(self)->go.Figure:
+        "A new figure for the explorer's current state."
+        raise NotImplementedError
+
+    def patch(self, fig, force:bool=False):
+        "Rewrite `fig`'s data for the explorer's current state (`force`: even a panel that computes only on demand)."
+        raise NotImplementedError
+
+    def reset(self):
+        "New images or noise: forget the figure (rebuilt when next shown) and any numbers kept."
+        self.fig = self.state = None
+
+    @functools.cached_property
+    def widget(self)->W.Widget:
+        "The tab: the controls above the figure."
+        return W.VBox(self.controls + [self.out]) if self.controls else self.out
+
+    def update(self, force:bool=False):
+        "Build the figure when first shown, else patch it in place."
+        if self.fig is None:
+            self.fig = _figure_widget(self.build())
+            with self.out: self.out.clear_output(); display(_container(self.fig))
+            return
+        with (self.fig.batch_update() if isinstance(self.fig, go.FigureWidget) else contextlib.nullcontext()): self.patch(self.fig, force)
+        if not isinstance(self.fig, go.FigureWidget):
+            with self.out: self.out.clear_output(wait=True); self.fig.show()
+
+    def figure(self)->go.Figure:
+        "The figure shown, as a plain `go.Figure`."
+        if self.fig is None: raise ValueError(f"the {self.title!r} panel has not been shown yet: open its tab, or call its update()")
+        return go.Figure(self.fig)
+
+PANELS = {}  # name -> a `Panel` subclass; filled in below, one per section
+
 # %% ../nbs/13_widgets.ipynb #fec12182
 class Explorer:
-    "The t-slider explorer: ipywidgets controls wired to `slider_figure` and the panel figures."
+    "The t-slider explorer: ipywidgets controls wired to `slider_figure`, and one `Panel` per tab under it."
     def __init__(self, classifier, # a classifier ([0,1] images -> logits) or a dict {name: classifier}
                  denoiser:Denoiser,
                  images=(0,), # test-split indices, or a tensor N x C x H x W in [0,1]
@@ -345,17 +368,18 @@ class Explorer:
                  class_names=None, # class index -> name
                  clamp:bool=True, # clip x0_hat before the classifier (as DiffAug does)
                  split:str='test', # the MNIST-5k split indices refer to
-                 panels=('de', 'gradient', 'jacobian'), # extra panels (tabs) under the main figure
+                 panels=('de', 'gradient', 'jacobian'), # extra panels (tabs) under the main figure: names in `PANELS`
                  de_ts=range(0, 451, 50), # DiffAug-Ensemble time steps S (paper Eq. 6)
                  jac_k:int=6, # Jacobian components shown
                 ):
+        unknown = [p for p in panels if p not in PANELS]
+        if unknown: raise ValueError(f"unknown panel(s) {unknown}; known: {list(PANELS)}")
         self.clfs, self.den = as_classifiers(classifier), denoiser
         self.T, self.split = int(denoiser.T), split
         size = getattr(getattr(getattr(denoiser, 'unet', None), 'config', None), 'sample_size', None)
         self._size = size if isinstance(size, int) else None
         self.x, self.labels, self.names = pick_images(images, labels, split, self._size)
         self.k, self.class_names, self.clamp, self.curve_step = k, class_names, clamp, curve_step
-        self.de_ts, self.jac_k = [int(s) for s in de_ts], jac_k
         self.last_render_ms, self.last_error = None, None
         self.t = W.IntSlider(value=t, min=0, max=self.T-1, step=1, description='t', continuous_update=True,
                              layout=W.Layout(width='60%'))
@@ -369,42 +393,30 @@ class Explorer:
         self.images = W.Text(value=', '.join(str(int(i)) for i in ([images] if isinstance(images, (int, np.integer)) else images)) if by_index else '',
                              description=f'{split} #', continuous_update=False, disabled=not by_index,
                              tooltip=f'indices into the MNIST-5k {split} split, comma-separated', layout=W.Layout(width='230px'))
+        options = {'de': dict(ts=de_ts), 'jacobian': dict(k=jac_k)}
+        self.panels = {p: PANELS[p](self, **options.get(p, {})) for p in panels}   # name -> Panel, in tab order
         self._reseed()
         self.state = self._state()
         self.main = _figure_widget(self._main_figure())
-        unknown = [p for p in panels if p not in PANELS]
-        if unknown: raise ValueError(f"unknown panel(s) {unknown}; known: {list(PANELS)}")
-        self.panels, self._panel_figs = list(panels), {}
-        self._outs = {p: W.Output() for p in self.panels}
-        kids = []
-        for p in self.panels:
-            ctl = PANELS[p].controls(self) if PANELS[p].controls else []
-            kids.append(W.VBox(ctl + [self._outs[p]]) if ctl else self._outs[p])
-        self.tabs = W.Tab(children=kids, titles=[PANELS[p].title for p in self.panels])
+        self.tabs = W.Tab(children=[p.widget for p in self.panels.values()], titles=[p.title for p in self.panels.values()])
         self.widget = W.VBox([W.HBox([self.play, self.t, self.classifier]), W.HBox([self.images, self.seed]), self.status,
                               _container(self.main), self.tabs])
-        self.t.observe(self._safe(self.render), 'value')
-        self.classifier.observe(self._safe(self.render), 'value')
-        self.seed.observe(self._safe(self._on_seed), 'value')
-        self.images.observe(self._safe(self._on_images), 'value')
-        self.tabs.observe(self._safe(self.render), 'selected_index')
+        self.t.observe(self.callback(self.render), 'value')
+        self.classifier.observe(self.callback(self.render), 'value')
+        self.seed.observe(self.callback(self._on_seed), 'value')
+        self.images.observe(self.callback(self._on_images), 'value')
+        self.tabs.observe(self.callback(self.render), 'selected_index')
         self.render()
 
     def _reseed(self):
+        "New noise (a new seed or new images): the entropy curve and the panels' members in one denoiser pass; panels start afresh."
         self.noise = fixed_noise(self.x, self.seed.value)
         self.curve_ts = list(range(0, self.T, self.curve_step)) + ([self.T-1] if (self.T-1) % self.curve_step else [])
-        grid = sorted(set(self.curve_ts) | set(self.de_ts))   # one pass of the denoiser serves the curve and DE
-        self._members = member_predictions(self.clfs, self.den, self.x, grid, self.noise, self.clamp)
+        grid = sorted(set(self.curve_ts).union(*(p.ts for p in self.panels.values())))
+        self.members = member_predictions(self.clfs, self.den, self.x, grid, self.noise, self.clamp)   # {classifier: members on grid}
         rows = [grid.index(s) for s in self.curve_ts]
-        self.curve = {n: entropy(m['probs'][rows]) for n, m in self._members.items()}
-        self._de_cache, self._panel_keys = {}, {}
-
-    def _de(self)->dict:
-        "`de_state` of the chosen classifier (cached per classifier and seed: it does not depend on t)."
-        n = self.classifier.value
-        if n not in self._de_cache:
-            self._de_cache[n] = de_state(self.clfs[n], self.den, self.x, self.de_ts, self.noise, self.clamp, members=self._members[n])
-        return self._de_cache[n]
+        self.curve = {n: entropy(m['probs'][rows]) for n, m in self.members.items()}
+        for p in self.panels.values(): p.reset()
 
     def _state(self): return slider_state(self.clfs, self.den, self.x, self.t.value, self.noise, clamp=self.clamp)
 
@@ -412,8 +424,8 @@ class Explorer:
         return slider_figure(self.state, self.curve, self.curve_ts, chosen=self.classifier.value, k=self.k, labels=self.labels,
                              names=self.names, class_names=self.class_names, T=self.T)
 
-    def _safe(self, fn):
-        "Run a callback; show an error in the status line instead of losing it in the browser's log."
+    def callback(self, fn:Callable)->Callable:
+        "`fn` as a widget callback: an exception shows in the status line (and `last_error`) instead of vanishing into the browser's log."
         def f(*_):
             try: fn(); self.last_error = None
             except Exception as e:
@@ -429,69 +441,37 @@ class Explorer:
         self._reseed(); self.state = self._state()
         self.main = _figure_widget(self._main_figure())
         self.widget.children = (*self.widget.children[:3], _container(self.main), self.tabs)
-        self._panel_figs.clear()
-        if hasattr(self, 'jac_image'):
-            self._building = True
-            try: self.jac_image.options, self.jac_image.value = [(n, i) for i, n in enumerate(self.names)], 0
-            finally: self._building = False
         self.render()
 
     def _on_seed(self):
-        self._reseed(); self._panel_figs.clear()
+        self._reseed()
         self.render(new_curve=True)
 
     @property
     def panel(self)->str|None:
-        "The panel whose tab is open."
+        "The name of the panel whose tab is open."
         i = self.tabs.selected_index
-        return None if i is None or not self.panels else self.panels[i]
+        return None if i is None or not self.panels else list(self.panels)[i]
 
     def render(self, new_curve:bool=False):
         "Recompute everything at the current t and patch the open figures."
         t0 = time.perf_counter()
         self.state = self._state()
-        with (self.main.batch_update() if isinstance(self.main, go.FigureWidget) else _nullctx()):
+        with (self.main.batch_update() if isinstance(self.main, go.FigureWidget) else contextlib.nullcontext()):
             patch_slider_figure(self.main, self.state, chosen=self.classifier.value, k=self.k, labels=self.labels,
                                 class_names=self.class_names, curve=self.curve if new_curve else None, curve_ts=self.curve_ts)
         if not isinstance(self.main, go.FigureWidget): _refresh(self.widget.children[3], self.main)
-        if self.panel is not None: self._render_panel(self.panel)
+        if self.panel is not None: self.panels[self.panel].update()
         self.last_render_ms = (time.perf_counter() - t0) * 1e3
         self.status.value = (f"t={self.t.value}: sqrt(abar_t)={math.sqrt(self.state['abar']):.3f}, sigma_t={self.state['sigma']:.3f}, "
                              f"sigma_t/sqrt(abar_t)={self.state['sigma']/math.sqrt(self.state['abar']):.3f} · "
                              f"rendered in {self.last_render_ms:.0f} ms")
 
-    def _render_panel(self, p:str, force:bool=False):
-        "Build panel `p` when first shown, else patch it (`force`: even a panel that does not follow the slider)."
-        spec, out = PANELS[p], self._outs[p]
-        if p not in self._panel_figs:
-            fw = _figure_widget(spec.build(self))
-            self._panel_figs[p] = fw
-            with out: out.clear_output(); display(_container(fw))
-        else:
-            fw = self._panel_figs[p]
-            with (fw.batch_update() if isinstance(fw, go.FigureWidget) else _nullctx()): spec.patch(self, fw, force)
-            if not isinstance(fw, go.FigureWidget):
-                with out: out.clear_output(wait=True); fw.show()
-
     def figure(self, panel:str|None=None)->go.Figure:
         "The figure currently shown (main, or a panel's), as a plain `go.Figure`."
-        f = self.main if panel is None else self._panel_figs[panel]
-        return go.Figure(f)
+        return go.Figure(self.main) if panel is None else self.panels[panel].figure()
 
     def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
-
-class _nullctx:
-    def __enter__(self): return self
-    def __exit__(self, *a): return False
-
-class Panel(NamedTuple):
-    "A tab of the explorer: `build(ex)` -> Figure when first opened; `patch(ex, fig, force)` on every change while open."
-    title: str
-    build: Callable
-    patch: Callable
-    controls: Callable|None = None # ex -> list of extra widgets above the figure
-
-PANELS = {}  # name -> Panel; filled in below
 
 # %% ../nbs/13_widgets.ipynb #37207ae2
 def explore(classifier=None, # a classifier, a dict {name: classifier}, or None: `train.get_classifier()` (plain, cached)
@@ -510,56 +490,62 @@ def explore(classifier=None, # a classifier, a dict {name: classifier}, or None:
     return Explorer(classifier, denoiser, images, **kwargs)
 
 # %% ../nbs/13_widgets.ipynb #6ee7f016
-def _de_build(ex):
-    ex._panel_keys['de'] = ex.classifier.value
-    return de_figure(ex._de(), ex.t.value, ex.names, ex.class_names, ex.labels)
+class DEPanel(Panel):
+    "The DiffAug-Ensemble over S = `ts` for the chosen classifier (`de_state`, `de_figure`); the frame follows the slider."
+    title = 'DiffAug-Ensemble'
 
-def _de_patch(ex, fig, force=False):
-    d = ex._de()
-    if ex._panel_keys.get('de') != ex.classifier.value:  # another classifier: new numbers, same layout
-        new = de_figure(d, ex.t.value, ex.names, ex.class_names, ex.labels)
-        for a, b in zip(fig.data, new.data):
-            if b.type in ('heatmap', 'image'): a.z = b.z
-        for a, b in zip(fig.layout.annotations, new.layout.annotations): a.text = b.text
-        ex._panel_keys['de'] = ex.classifier.value
-    patch_de_figure(fig, d, ex.t.value)
+    def __init__(self, ex:Explorer, ts=range(0, 451, 50)): # the DE set S
+        super().__init__(ex)
+        self.ts, self._cache, self._shown = [int(s) for s in ts], {}, None
 
-PANELS['de'] = Panel('DiffAug-Ensemble', _de_build, _de_patch)
+    def reset(self): super().reset(); self._cache.clear()
 
-# %% ../nbs/13_widgets.ipynb #9c6b3e7a
-def gradient_figure(cols:dict, # title -> N x C x H x W in [0,1], from `gradients.gradient_panels`
-                    names=None)->go.Figure:
-    "Rows: images; columns: `cols` (image, x_t, then per classifier the gradient through the denoiser and on x_t)."
-    keys = list(cols); N = len(cols[keys[0]])
-    names = names or [f'image {i}' for i in range(N)]
-    fig = make_subplots(rows=N, cols=len(keys), horizontal_spacing=0.01, vertical_spacing=0.04,
-                        subplot_titles=[k if i == 0 else '' for i in range(N) for k in keys] if N else keys)
-    for a, (i, j) in zip(fig.layout.annotations, [(i, j) for i in range(N) for j in range(len(keys))]): a.name = f'g{i}:{j}'
-    for i in range(N):
-        for j, k in enumerate(keys):
-            fig.add_trace(_image_trace(cols[k][i], f'g{i}:{j}'), row=i+1, col=j+1); _image_axes(fig, i+1, j+1)
-        fig.update_yaxes(row=i+1, col=1, title_text=names[i], title_standoff=2)
-    fig.update_annotations(font_size=11)
-    fig.update_layout(height=max(200, 150*N + 60), width=min(1400, 60 + 150*len(keys)), margin=dict(l=50, r=10, t=40, b=10), template='plotly_white', uirevision='grad')
-    return fig
+    def compute(self)->dict:
+        "`de_state` of the chosen classifier, from the explorer's members (kept per classifier: it depends on the noise, not on t)."
+        ex, n = self.ex, self.ex.classifier.value
+        if n not in self._cache:
+            self._cache[n] = de_state(ex.clfs[n], ex.den, ex.x, self.ts, ex.noise, ex.clamp, members=ex.members[n])
+        self.state = self._cache[n]
+        return self.state
 
-def patch_gradient_figure(fig, cols:dict):
-    "New gradient images (same columns) into a `gradient_figure`."
-    tr, ann = _by_meta(fig), _by_name(fig)
-    for j, k in enumerate(cols):
-        for i in range(len(cols[k])): tr[f'g{i}:{j}'].z = _image_z(cols[k][i])
-        if f'g0:{j}' in ann: ann[f'g0:{j}'].text = k
-    return fig
+    def build(self)->go.Figure:
+        ex = self.ex
+        self._shown = ex.classifier.value
+        return de_figure(self.compute(), ex.t.value, ex.names, ex.class_names, ex.labels)
+
+    def patch(self, fig, force:bool=False):
+        ex, d = self.ex, self.compute()
+        if self._shown != ex.classifier.value:  # another classifier: new numbers, same layout
+            new = de_figure(d, ex.t.value, ex.names, ex.class_names, ex.labels)
+            for a, b in zip(fig.data, new.data):
+                if b.type in ('heatmap', 'image'): a.z = b.z
+            for a, b in zip(fig.layout.annotations, new.layout.annotations): a.text = b.text
+            self._shown = ex.classifier.value
+        patch_de_figure(fig, d, ex.t.value)
+
+PANELS['de'] = DEPanel
 
 # %% ../nbs/13_widgets.ipynb #1c926690
-def _grad_cols(ex)->dict:
-    y = ex.labels if ex.labels is not None else ex.state['probs'][ex.classifier.value].argmax(-1)
-    return gradient_panels(ex.clfs, ex.den, ex.x, y, t=ex.t.value, seed=ex.seed.value, clamp=ex.clamp)
+class GradientPanel(Panel):
+    "Gradients through the denoiser and on x_t at the slider's t, for every classifier (`gradient_panels`); follows the slider."
+    title = 'Gradients'
 
-def _grad_build(ex): return gradient_figure(_grad_cols(ex), ex.names)
-def _grad_patch(ex, fig, force=False): patch_gradient_figure(fig, _grad_cols(ex))
+    def compute(self)->dict:
+        "`gradient_panels` at the explorer's t and noise; y: the true labels, else the chosen classifier's prediction at t."
+        ex = self.ex
+        y = ex.labels if ex.labels is not None else ex.state['probs'][ex.classifier.value].argmax(-1)
+        self.state = gradient_panels(ex.clfs, ex.den, ex.x, y, t=ex.t.value, seed=ex.seed.value, clamp=ex.clamp)
+        return self.state
 
-PANELS['gradient'] = Panel('Gradients', _grad_build, _grad_patch)
+    def build(self)->go.Figure:
+        fig = plot_grid(self.compute(), row_titles=self.ex.names, key='g', size=150)
+        return fig.update_layout(uirevision='grad')
+
+    def patch(self, fig, force:bool=False):
+        cols = self.compute()
+        patch_grid(fig, cols, col_titles=list(cols), key='g')
+
+PANELS['gradient'] = GradientPanel
 
 # %% ../nbs/13_widgets.ipynb #9223b0ed
 def jacobian_state(denoiser:Denoiser, x:torch.Tensor, # one image 1 x C x H x W (or C x H x W) in [0,1]
@@ -574,55 +560,64 @@ def jacobian_state(denoiser:Denoiser, x:torch.Tensor, # one image 1 x C x H x W 
     svd = top_singular(denoiser, xt, int(t), k=k, iters=iters, oversample=oversample, seed=seed)
     return dict(t=int(t), x_t=to_unit(xt[0]).cpu(), S=svd.S[0].cpu(), U=svd.U[0].T.reshape(-1, *x.shape[1:]).cpu())
 
+def _jacobian_cols(js:dict)->dict:
+    return {'x_t': js['x_t'].clamp(0, 1)[None], **{f'u{i+1}': js['U'][i:i+1, :1] for i in range(len(js['S']))}}
+
 def jacobian_figure(js:dict, # from `jacobian_state`
                     name:str='')->go.Figure:
-    "x_t, then the leading components u_i of d x0_hat/d x_t (red/blue: sign), titled by their singular values."
-    k = len(js['S'])
-    fig = make_subplots(rows=1, cols=k+1, horizontal_spacing=0.01, subplot_titles=['x_t'] + [f'u{i+1}' for i in range(k)])
-    for a, nm in zip(fig.layout.annotations, ['jx'] + [f'ju{i}' for i in range(k)]): a.name = nm
-    fig.add_trace(_image_trace(js['x_t'].clamp(0, 1), 'jx'), row=1, col=1); _image_axes(fig, 1, 1)
-    for i in range(k):
-        fig.add_trace(go.Heatmap(z=js['U'][i, 0].numpy(), colorscale='RdBu', zmid=0, showscale=False, meta=f'ju{i}',
-                                 hovertemplate='%{z:.3f}<extra></extra>'), row=1, col=i+2)
-        _image_axes(fig, 1, i+2)
-    fig.update_annotations(font_size=11)
-    fig.update_layout(height=230, width=min(1400, 40 + 150*(k+1)), margin=dict(l=10, r=10, t=60, b=10), template='plotly_white', uirevision='jac')
+    "`plot_grid` of x_t, then the leading components u_i of d x0_hat/d x_t (red/blue: sign; first channel), titled by their singular values."
+    fig = plot_grid(_jacobian_cols(js), signed=range(1, len(js['S']) + 1), key='j', size=150, title=' ')
+    fig.update_layout(uirevision='jac')
     return patch_jacobian_figure(fig, js, name)
 
 def patch_jacobian_figure(fig, js:dict, name:str=''):
     "New components and singular values into a `jacobian_figure`."
-    tr, ann = _by_meta(fig), _by_name(fig)
-    tr['jx'].z = _image_z(js['x_t'].clamp(0, 1))
-    for i in range(len(js['S'])):
-        tr[f'ju{i}'].z = js['U'][i, 0].numpy()
-        ann[f'ju{i}'].text = f"u{i+1}: s={float(js['S'][i]):.3g}"
-    ann['jx'].text = f"{name} x_t, t={js['t']}"
+    titles = [f"{name} x_t, t={js['t']}"] + [f"u{i+1}: s={float(s):.3g}" for i, s in enumerate(js['S'])]
+    patch_grid(fig, _jacobian_cols(js), col_titles=titles, key='j')
     fig.update_layout(title=dict(text=f"leading components of d x0_hat/d x_t at t={js['t']} (top_singular)", font_size=13))
     return fig
 
 # %% ../nbs/13_widgets.ipynb #4e0aae91
-def _jac_controls(ex):
-    ex.jac_image = W.Dropdown(options=[(n, i) for i, n in enumerate(ex.names)], value=0, description='image', layout=W.Layout(width='220px'))
-    ex.jac_follow = W.Checkbox(value=False, description='follow the slider (slow on a CPU)', indent=False)
-    ex.jac_button = W.Button(description='compute at t', icon='refresh')
-    ex.jac_status = W.HTML()
-    ex.jac_button.on_click(lambda _: ex._safe(lambda: ex._render_panel('jacobian', force=True))())
-    ex.jac_image.observe(lambda _: None if getattr(ex, '_building', False) else ex._safe(lambda: ex._render_panel('jacobian', force=True))(), 'value')
-    return [W.HBox([ex.jac_image, ex.jac_button, ex.jac_follow, ex.jac_status])]
+class JacobianPanel(Panel):
+    "The leading components of d x0_hat/d x_t for one image (`jacobian_state`): computed on demand, or on every move when *follow* is ticked."
+    title = 'Jacobian'
 
-def _jac_state(ex):
-    i = ex.jac_image.value
-    t0 = time.perf_counter()
-    js = jacobian_state(ex.den, ex.x[i], ex.t.value, ex.noise[i], k=ex.jac_k)
-    ex.jac_status.value = f"computed at t={js['t']} in {time.perf_counter() - t0:.1f} s"
-    ex.jac_state = js
-    return js
+    def __init__(self, ex:Explorer, k:int=6): # components shown
+        super().__init__(ex)
+        self.k, self._quiet = k, False
+        self.image = W.Dropdown(options=self._options(), value=0, description='image', layout=W.Layout(width='220px'))
+        self.follow = W.Checkbox(value=False, description='follow the slider (slow on a CPU)', indent=False)
+        self.button = W.Button(description='compute at t', icon='refresh')
+        self.status = W.HTML()
+        recompute = ex.callback(lambda: self.update(force=True))
+        self.button.on_click(lambda _: recompute())
+        self.image.observe(lambda _: None if self._quiet else recompute(), 'value')
+        self.controls = [W.HBox([self.image, self.button, self.follow, self.status])]
 
-def _jac_build(ex): return jacobian_figure(_jac_state(ex), ex.names[ex.jac_image.value])
+    def _options(self): return [(n, i) for i, n in enumerate(self.ex.names)]
 
-def _jac_patch(ex, fig, force=False):
-    if force or ex.jac_follow.value: patch_jacobian_figure(fig, _jac_state(ex), ex.names[ex.jac_image.value])
-    elif not ex.jac_status.value.endswith(f'(now t={ex.t.value})'):
-        ex.jac_status.value = ex.jac_status.value.split(' (now')[0] + f' (now t={ex.t.value})'
+    def reset(self):
+        "New images: a new menu (set without recomputing), image 0 chosen."
+        super().reset()
+        if tuple(self.image.options) != tuple(self._options()):
+            self._quiet = True
+            try: self.image.options, self.image.value = self._options(), 0
+            finally: self._quiet = False
 
-PANELS['jacobian'] = Panel('Jacobian', _jac_build, _jac_patch, _jac_controls)
+    def compute(self)->dict:
+        "`jacobian_state` of the chosen image at the explorer's t and noise (seconds on a CPU)."
+        ex, i = self.ex, self.image.value
+        t0 = time.perf_counter()
+        self.state = jacobian_state(ex.den, ex.x[i], ex.t.value, ex.noise[i], k=self.k)
+        self.status.value = f"computed at t={self.state['t']} in {time.perf_counter() - t0:.1f} s"
+        return self.state
+
+    def build(self)->go.Figure: return jacobian_figure(self.compute(), self.ex.names[self.image.value])
+
+    def patch(self, fig, force:bool=False):
+        t = self.ex.t.value
+        if force or self.follow.value: patch_jacobian_figure(fig, self.compute(), self.ex.names[self.image.value])
+        elif not self.status.value.endswith(f'(now t={t})'):
+            self.status.value = self.status.value.split(' (now')[0] + f' (now t={t})'
+
+PANELS['jacobian'] = JacobianPanel

@@ -103,9 +103,18 @@ def test_certify_set_rows_independent_of_batch_and_company():
 
 @pytest.mark.skipif(not is_trained(embedded_model_dir()), reason='the default score model is not trained here')
 def test_certify_table_on_the_committed_models():
-    res = certify_table(n_images=2, sigmas=(0.25, 0.5), n0=4, n=8, batch_size=12, radii=(0., 0.25), device='cpu', progress=False)
-    assert list(res['accuracy'].index) == [(m, s) for m in ('baseline', 'DiffAug') for s in ('0.25', '0.5', 'best')]
-    assert len(res['rows']) == 2 * 2 * 2 and (res['cost'].sec_per_image > 0).all()
     from diffaug_nb.scoremodel import load_denoiser
-    den = load_denoiser(device='cpu', train_if_absent=False)
+    from diffaug_nb.certify import default_classifiers
+    from diffaug_nb.evaluate import count_forwards
+    den, clfs = load_denoiser(device='cpu', train_if_absent=False), default_classifiers('cpu')
+    with count_forwards(den.unet) as nd, count_forwards(clfs['baseline']) as nb, count_forwards(clfs['DiffAug']) as na:
+        res = certify_table(clfs, den, n_images=2, sigmas=(0.25, 0.5), n0=4, n=8, batch_size=6, radii=(0., 0.25), device='cpu', progress=False)
+    assert list(res['accuracy'].index) == [(m, s) for m in ('baseline', 'DiffAug') for s in ('0.25', '0.5', 'best')]
+    assert len(res['rows']) == 2 * 2 * 2
     assert res['cost'].t.tolist() == [dds_timestep(den, s) for s in (0.25, 0.5)]
+    # the work, counted: per image and sigma, n0 + n draws through the denoiser in batches of <= 6 (4 | 6 + 2),
+    # each denoised draw shared by both classifiers (not one denoiser pass per classifier)
+    draws = 2 * 2 * (4 + 8)
+    assert (nd['images'], nd['calls']) == (draws, 2 * 2 * 3)
+    assert nb['images'] == na['images'] == draws
+    assert (res['cost'].draws_per_image * res['cost'].images).sum() == draws

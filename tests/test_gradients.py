@@ -3,7 +3,8 @@ import numpy as np, pytest, torch, torch.nn as nn
 from captum.attr import Saliency, IntegratedGradients, NoiseTunnel, InputXGradient
 from diffaug_nb.diffusion import Denoiser, EmpiricalDenoiser, vp_scheduler, ve_scheduler, tiny_unet, to_model, to_unit
 from diffaug_nb.gradients import (DenoiseClassify, denoised_grad, direct_grad, minmax_normalise, contrast_stretch,
-                                  gradient_panels, plot_image_grid)
+                                  gradient_panels)
+from diffaug_nb.plots import plot_grid, by_meta
 
 f64 = torch.float64
 
@@ -140,6 +141,6 @@ def test_gradient_panels_and_grid(setup):
     assert list(cols) == ['image', 'x_t (t=200)', 'a: through denoiser', 'a: on x_t', 'b: through denoiser', 'b: on x_t']
     torch.testing.assert_close(cols['a: through denoiser'], cols['b: through denoiser'])
     for v in cols.values(): assert v.shape == x0.shape and v.min() >= 0 and v.max() <= 1
-    fig = plot_image_grid(cols)
+    fig = plot_grid(cols)
     assert len(fig.data) == 6 * 3
-    np.testing.assert_allclose(fig.data[3 * 2].z, cols['a: through denoiser'][0, 0].numpy())
+    np.testing.assert_allclose(by_meta(fig)['0:2'].z, cols['a: through denoiser'][0, 0].numpy())

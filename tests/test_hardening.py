@@ -59,9 +59,21 @@ def test_every_device_default_reads_the_setting():
     bad = {k: v for k, v in found.items() if v is not None and k not in placement}
     assert not bad, f"these default to a device instead of None (the setting): {bad}"
 
-def test_notebook_device_parameter_reads_the_setting():
+def _parameterised_notebooks():
+    "Every notebook under nbs/ with a cell tagged `parameters` (the experiments, the explorer)."
+    import nbformat
+    for nb in sorted((ROOT/'nbs').rglob('*.ipynb')):
+        if any('parameters' in c.get('metadata', {}).get('tags', []) for c in nbformat.read(str(nb), as_version=4).cells): yield nb
+
+def test_notebook_device_parameters_read_the_setting():
+    "A `parameters` cell leaves the device to the setting (None), as the modules' defaults do."
     from diffaug_nb.sweep import notebook_parameters
-    assert notebook_parameters(ROOT/'nbs/experiments/train_score_model.ipynb')['device'] is None
+    nbs = list(_parameterised_notebooks())
+    assert {'robustness.ipynb', 'train_score_model.ipynb'} <= {nb.name for nb in nbs}, nbs
+    found = {f'{nb.relative_to(ROOT)}: {k}': v for nb in nbs for k, v in notebook_parameters(nb).items() if 'device' in k}
+    assert 'nbs/experiments/robustness.ipynb: device' in found, found
+    bad = {k: v for k, v in found.items() if v is not None}
+    assert not bad, f"these parameters cells default to a device instead of None (the setting): {bad}"
 
 def test_device_setting_is_used_and_checked(monkeypatch):
     from diffaug_nb.scoremodel import train_score_model

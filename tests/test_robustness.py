@@ -56,8 +56,13 @@ def test_every_policy_and_mode(run):
     assert all(0 <= e <= math.log(10) + 1e-4 for p in POLICIES for e in m['entropy_vs_t'][p])
     steps = {(r['curve'], r['step']) for r in m['de_ablation']}
     assert steps == {('DE', 25), ('DE', 50), ('single t', None)}
-    w = m['wallclock']
-    assert w['de_sec_per_image'] > 0 and w['dda_sec_per_image'] > 0 and w['de_denoiser_forwards_per_image'] == 10
+    # Table 7's timed calls, counted (a hook on the UNet): DE denoises each image once per t in S (|S| = 10), DDA runs
+    # dda_steps guided steps plus the step to the clean estimate, on the DDA digits of every seed
+    w, f = m['wallclock'], run['fixed']
+    assert w['de_denoiser_forwards_per_image'] == len(m['S']) == 10
+    assert w['dda_denoiser_forwards_per_image'] == f['dda_steps'] + 1
+    assert [(c['de_forwards'], c['dda_forwards']) for c in w['per_seed']] == [(10 * c['de_n'], 5 * c['dda_n']) for c in w['per_seed']]
+    assert [c['dda_n'] for c in w['per_seed']] == [4 + 4 * 2] * 2
     assert m['n'] == dict(clean=40, per_corruption=6, dda=4 + 4 * 2, ablation=4 * 3, entropy=16)
     assert m['timing']['total_s'] > 0
 
