@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 # %% auto #0
-__all__ = ['image_z', 'image_trace', 'image_data', 'image_axes', 'by_meta', 'plot_grid', 'patch_grid']
+__all__ = ['image_z', 'image_trace', 'image_data', 'image_axes', 'by_meta', 'plot_grid', 'patch_grid', 'grid_png']
 
 # %% ../nbs/24_plots.ipynb #57810381
 def image_z(img:torch.Tensor)->np.ndarray:
@@ -74,7 +74,7 @@ def plot_grid(images, # R x K x C x H x W in [0,1]; a batch N x C x H x W (`ncol
               size:int=110, # pixels per cell
               title:str|None=None,
               key:str='', # names: trace `meta` f'{key}{row}:{col}', column-title annotation f'{key}:{col}' (for `patch_grid`)
-              path=None, # also write the figure here: .html, or .png/.svg/.pdf (kaleido, which drives Chrome/Chromium)
+              path=None, # also write the figure here: .html; .png (pixels and titles, `grid_png`: no browser needed); .svg/.pdf (kaleido + Chrome)
              )->go.Figure:
     "A grid of images as one plotly figure: grey (1 channel) or RGB (3), exact values on hover, square pixels."
     rows, keys = _cells(images, ncol)
@@ -97,6 +97,7 @@ def plot_grid(images, # R x K x C x H x W in [0,1]; a batch N x C x H x W (`ncol
     if path is not None:
         path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == '.html': fig.write_html(path, include_plotlyjs=True)
+        elif path.suffix == '.png': grid_png(rows, path, col_titles, row_titles, signed, title=title)
         else: fig.write_image(path, scale=2)
     return fig
 
@@ -113,3 +114,40 @@ def patch_grid(fig, images, # new images, laid out as for `plot_grid`
         ann = {a.name: a for a in fig.layout.annotations}
         for j, c in enumerate(col_titles): ann[f'{key}:{j}'].text = str(c) or ' '
     return fig
+
+# %% ../nbs/24_plots.ipynb #f5a6b7c8
+def _rgb(img:torch.Tensor, signed:bool)->np.ndarray:
+    "H x W x 3 bytes of one C x H x W cell: grey/RGB in [0,1] (clamped), or a signed map red (+) / blue (-), white at 0."
+    z = image_z(img).astype(np.float64)
+    if signed:
+        a = z / max(np.abs(z).max(), 1e-12)
+        r, b = 1 - np.clip(-a, 0, 1), 1 - np.clip(a, 0, 1)
+        return (np.stack([r, np.minimum(r, b), b], -1) * 255).round().astype(np.uint8)
+    if z.ndim == 2: return (np.repeat(np.clip(z, 0, 1)[..., None], 3, -1) * 255).round().astype(np.uint8)
+    return z.round().astype(np.uint8)
+
+def grid_png(rows:list, # rows of C x H x W cells (None: blank), as `plot_grid` lays them out
+             path, col_titles=None, row_titles=None, signed=(), title:str|None=None,
+             cell:int=84, # target pixels per cell (images are scaled by a whole factor)
+             gap:int=4):
+    "Write the grid as a PNG with Pillow: each image scaled up by a whole factor (nearest), titles as text."
+    from PIL import Image, ImageDraw
+    H, W = next(c for r in rows for c in r if c is not None).shape[-2:]
+    f = max(1, cell // max(H, W)); ch, cw = H * f, W * f
+    R, K = len(rows), len(rows[0])
+    left, top = (60 if row_titles is not None else 0) + gap, gap + (14 if col_titles else 0) + (16 if title else 0)
+    im = Image.new('RGB', (left + K * (cw + gap), top + R * (ch + gap)), 'white')
+    d = ImageDraw.Draw(im)
+    if title: d.text((gap, gap), str(title), fill='black')
+    for j in range(K):
+        if col_titles: d.text((left + j * (cw + gap), top - 13), str(col_titles[j])[:cw // 6], fill='black')
+    for i, row in enumerate(rows):
+        y = top + i * (ch + gap)
+        if row_titles is not None: d.text((gap, y + ch // 2 - 5), str(row_titles[i])[:9], fill='black')
+        for j, img in enumerate(row):
+            if img is None: continue
+            px = Image.fromarray(_rgb(img, j in signed)).resize((cw, ch), Image.NEAREST)
+            im.paste(px, (left + j * (cw + gap), y))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(path).with_name(Path(path).name + '.tmp.png'); im.save(tmp); tmp.replace(path)
+    return Path(path)
