@@ -24,7 +24,7 @@ from .plots import by_meta, image_axes, image_trace, image_z, patch_grid, plot_g
 __all__ = ['PANELS', 'as_classifiers', 'pick_images', 'fixed_noise', 'slider_state', 'member_predictions', 'entropy_curve',
            'slider_figure', 'patch_slider_figure', 'de_state', 'de_figure', 'patch_de_figure', 'Panel', 'Explorer',
            'explore', 'DEPanel', 'GradientPanel', 'jacobian_state', 'jacobian_figure', 'patch_jacobian_figure',
-           'JacobianPanel']
+           'JacobianPanel', 'sampling_trajectory', 'SamplingPanel']
 
 # %% ../nbs/13_widgets.ipynb #0ee56171
 def as_classifiers(classifier)->dict:
@@ -368,9 +368,10 @@ class Explorer:
                  class_names=None, # class index -> name
                  clamp:bool=True, # clip x0_hat before the classifier (as DiffAug does)
                  split:str='test', # the MNIST-5k split indices refer to
-                 panels=('de', 'gradient', 'jacobian'), # extra panels (tabs) under the main figure: names in `PANELS`
+                 panels=('de', 'gradient', 'jacobian', 'sampling'), # extra panels (tabs) under the main figure: names in `PANELS`
                  de_ts=range(0, 451, 50), # DiffAug-Ensemble time steps S (paper Eq. 6)
                  jac_k:int=6, # Jacobian components shown
+                 panel_options:dict|None=None, # more options per panel, e.g. {'sampling': dict(guidance={'noisy': clf})}
                 ):
         unknown = [p for p in panels if p not in PANELS]
         if unknown: raise ValueError(f"unknown panel(s) {unknown}; known: {list(PANELS)}")
@@ -394,6 +395,9 @@ class Explorer:
                              description=f'{split} #', continuous_update=False, disabled=not by_index,
                              tooltip=f'indices into the MNIST-5k {split} split, comma-separated', layout=W.Layout(width='230px'))
         options = {'de': dict(ts=de_ts), 'jacobian': dict(k=jac_k)}
+        for p, o in (panel_options or {}).items():
+            if p not in PANELS: raise ValueError(f"panel_options names an unknown panel {p!r}; known: {list(PANELS)}")
+            options[p] = {**options.get(p, {}), **o}
         self.panels = {p: PANELS[p](self, **options.get(p, {})) for p in panels}   # name -> Panel, in tab order
         self._reseed()
         self.state = self._state()
@@ -487,6 +491,13 @@ def explore(classifier=None, # a classifier, a dict {name: classifier}, or None:
         classifier = {'plain': get_classifier(progress=False, device=denoiser.device)}
         try: classifier['DiffAug'] = get_classifier(diffaug=True, train_if_absent=False, progress=False, device=denoiser.device)
         except FileNotFoundError: pass
+        # the Sampling tab offers the guidance classifiers of this score model that are already trained
+        from diffaug_nb.guidance import get_guidance_classifier
+        guid = {}
+        for kind, name in (('noisy', 'noisy'), ('da', 'DA')):
+            try: guid[name] = get_guidance_classifier(kind, train_if_absent=False, progress=False, device=denoiser.device)
+            except FileNotFoundError: pass
+        if guid: kwargs['panel_options'] = {'sampling': dict(guidance=guid), **kwargs.get('panel_options', {})}
     return Explorer(classifier, denoiser, images, **kwargs)
 
 # %% ../nbs/13_widgets.ipynb #6ee7f016
@@ -621,3 +632,76 @@ class JacobianPanel(Panel):
             self.status.value = self.status.value.split(' (now')[0] + f' (now t={t})'
 
 PANELS['jacobian'] = JacobianPanel
+
+# %% ../nbs/13_widgets.ipynb #b2c3d4e5
+@torch.no_grad()
+def sampling_trajectory(denoiser:Denoiser, # the unconditional model
+                        n:int=4, # samples
+                        steps:int=25, # DDIM steps (respaced: `sampling.ddim_timesteps`)
+                        seed:int=0, # draws x_T
+                        classifier=None, # a guidance classifier (x_t, t) -> logits, or None: unguided
+                        y=None, # the requested class (an int, or one per sample) when guided
+                        scale:float=1.0, # guidance scale (on the classifier gradient)
+                        eta:float=0.0)->dict:
+    "{'ts', 'xs': x_t at each step (steps+1 x n x C x H x W, the last is the sample), 'x0s': x0_hat at each step}, all in [0,1]."
+    from diffaug_nb.sampling import sample_ddim, ddim_timesteps
+    from diffaug_nb.guidance import ClassifierGuidance
+    if n < 1 or steps < 1: raise ValueError(f"n and steps must be >= 1, got n={n}, steps={steps}")
+    if classifier is not None and y is None: raise ValueError("a guidance classifier needs the requested class y")
+    cfg = denoiser.unet.config
+    g = torch.Generator().manual_seed(seed)
+    xT = torch.randn((n, cfg.in_channels, cfg.sample_size, cfg.sample_size), generator=g).to(denoiser.device)
+    ts = ddim_timesteps(denoiser.T, steps)
+    model, extra = denoiser, {}
+    if classifier is not None:
+        model = ClassifierGuidance(denoiser, classifier, scale)
+        extra = dict(y=torch.as_tensor(y, device=xT.device).reshape(-1).expand(n))
+    unit = lambda v: to_unit(v).clamp(0, 1).cpu()
+    xs, x0s = [unit(xT)], []
+    def keep(d): xs.append(unit(d['x'])); x0s.append(unit(d['x0_hat']))
+    sample_ddim(model, xT, ts, eta=eta, generator=g, callback=keep, extra_args=extra)
+    return dict(ts=ts, xs=torch.stack(xs), x0s=torch.stack(x0s), seed=seed, scale=scale, y=y)
+
+class SamplingPanel(Panel):
+    "One DDIM trajectory (`sampling_trajectory`), optionally classifier-guided; a slider over its steps shows x_t beside x0_hat."
+    title = 'Sampling'
+
+    def __init__(self, ex:Explorer, n:int=4, steps:int=25,
+                 guidance:dict|None=None): # name -> guidance classifier (x_t, t) -> logits, e.g. {'noisy': ..., 'DA': ...}
+        super().__init__(ex)
+        self.n, self.guidance = n, dict(guidance or {})
+        self.steps = W.Dropdown(options=[10, 25, 50, 100], value=steps, description='DDIM steps', layout=W.Layout(width='170px'))
+        self.sample_seed = W.BoundedIntText(value=0, min=0, max=2**31-1, description='x_T seed', layout=W.Layout(width='160px'))
+        self.guide = W.Dropdown(options=['none'] + list(self.guidance), value='none', description='guidance', layout=W.Layout(width='190px'))
+        self.cls = W.Dropdown(options=list(range(10)), value=0, description='class', layout=W.Layout(width='130px'))
+        self.scale = W.FloatSlider(value=1.0, min=0.0, max=20.0, step=0.5, description='scale', continuous_update=False)
+        self.step = W.IntSlider(value=0, min=0, max=steps - 1, description='step', continuous_update=True, layout=W.Layout(width='60%'))
+        recompute = ex.callback(lambda: self.update(force=True))
+        for w in (self.steps, self.sample_seed, self.guide, self.cls, self.scale): w.observe(lambda _: recompute(), 'value')
+        self.step.observe(ex.callback(lambda: self.update()), 'value')
+        self.controls = [W.HBox([self.steps, self.sample_seed, self.guide, self.cls, self.scale]), self.step]
+
+    def compute(self)->dict:
+        "The trajectory for the controls' settings."
+        clf = self.guidance.get(self.guide.value)
+        self.state = sampling_trajectory(self.ex.den, self.n, self.steps.value, self.sample_seed.value, clf,
+                                         self.cls.value if clf is not None else None, self.scale.value)
+        self.step.max = len(self.state['ts']) - 1
+        return self.state
+
+    def _cols(self)->tuple[dict, list]:
+        s, i = self.state, min(self.step.value, len(self.state['ts']) - 1)
+        cols = {f"x_t (t={s['ts'][i]})": s['xs'][i], 'x0_hat(x_t)': s['x0s'][i], 'sample': s['xs'][-1]}
+        return cols, list(cols)
+
+    def build(self)->go.Figure:
+        self.compute()
+        cols, _ = self._cols()
+        return plot_grid(cols, row_titles=[f'#{j}' for j in range(self.n)], size=100, key='s')
+
+    def patch(self, fig, force:bool=False):
+        if force or self.state is None: self.compute()
+        cols, titles = self._cols()
+        patch_grid(fig, cols, col_titles=titles, key='s')
+
+PANELS['sampling'] = SamplingPanel
