@@ -129,3 +129,25 @@ def test_quarto_config_for_nbdev_docs():
     assert q['format']['html']['theme'] and q['format']['html']['css'] == 'styles.css' and (NBS / 'styles.css').exists()
     assert 'sidebar' in q['website'] and q['website']['navbar']['search'] is True
     assert q['metadata-files'] == ['nbdev.yml', 'sidebar.yml']   # both written by nbdev-docs before rendering
+
+
+def _evaluated_cells_mixing_code(nb_path: Path) -> list:
+    """Cells the docs build runs although the cells before them did not run: nbdev evaluates every non-export cell that
+    holds an import (anywhere in it), so such a cell must hold only imports and definitions, or names defined by
+    the skipped cells are missing (NameError: the page renders without its outputs)."""
+    import ast
+    nb = nbformat.read(nb_path, as_version=4)
+    bad = []
+    for i, c in enumerate(nb.cells):
+        if c.cell_type != 'code' or re.search(r'^#\|\s*(export|eval:\s*false)', c.source, re.M): continue
+        try: tree = ast.parse('\n'.join('' if l.lstrip().startswith(('%', '!')) else l for l in c.source.splitlines()))
+        except SyntaxError: continue
+        if not any(isinstance(n, (ast.Import, ast.ImportFrom)) for n in ast.walk(tree)): continue
+        ok = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef)
+        if not all(isinstance(n, ok) for n in tree.body): bad.append((i, c.source.splitlines()[0][:60]))
+    return bad
+
+
+def test_no_docs_cell_mixes_imports_with_code():
+    bad = {str(p.relative_to(NBS)): b for p in sorted(NBS.glob('*.ipynb')) if (b := _evaluated_cells_mixing_code(p))}
+    assert not bad, f"move these imports into the notebook's hide import cell: {bad}"
