@@ -4,6 +4,7 @@ the offline docs site (no 404, no console error, no empty plotly figure). Headle
 Needs the system package `chromium` (Debian/Ubuntu: `apt-get install chromium`; the `chromium` fixture installs it
 when it can) and the venv's `playwright`, `jupyterlab`, `ipywidgets`, `anywidget` Python packages."""
 import os, sys, re, json, shutil, socket, secrets, subprocess, threading, time, urllib.request, urllib.error
+from contextlib import contextmanager
 from functools import partial
 from http.server import ThreadingHTTPServer, SimpleHTTPRequestHandler
 from pathlib import Path
@@ -176,6 +177,15 @@ class _Server(ThreadingHTTPServer):
         if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)): super().handle_error(request, client_address)
 
 
+@contextmanager
+def serve(site:Path):
+    "`site` on 127.0.0.1 (a free port), served from a thread; yields the base URL."
+    srv = _Server(('127.0.0.1', free_port()), partial(_QuietHandler, directory=str(site)))
+    th = threading.Thread(target=srv.serve_forever, daemon=True); th.start()
+    try: yield f'http://127.0.0.1:{srv.server_address[1]}/'
+    finally: srv.shutdown(); srv.server_close()
+
+
 @pytest.fixture(scope='module')
 def docs_site(tmp_path_factory, chromium):
     "The offline docs site (diffaug_nb.docs.build_docs; or a built one named by $DIFFAUG_DOCS_SITE) on 127.0.0.1, served from a thread."
@@ -184,10 +194,7 @@ def docs_site(tmp_path_factory, chromium):
     if not (site and (Path(site)/'index.html').exists()):
         site = docs.build_docs(tmp_path_factory.mktemp('docs')/'site')
         print(f'docs: built {site} in {time.time() - t0:.0f} s')
-    srv = _Server(('127.0.0.1', free_port()), partial(_QuietHandler, directory=str(site)))
-    th = threading.Thread(target=srv.serve_forever, daemon=True); th.start()
-    try: yield dict(site=Path(site), base=f'http://127.0.0.1:{srv.server_address[1]}/', pages=docs.site_pages(site))
-    finally: srv.shutdown(); srv.server_close()
+    with serve(site) as base: yield dict(site=Path(site), base=base, pages=docs.site_pages(site))
 
 
 _PLOTLY_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot, .plotly-graph-div')).map((el, i) => {
@@ -240,3 +247,49 @@ def test_docs_pages_in_browser(docs_site, browser, tmp_path):
     problems += [f'needs the network: {u}' for u in sorted(set(offline))]
     print(f'docs: {len(pages)} pages, {n_figs} plotly figures, {len(links)} internal links checked in {time.time() - t0:.0f} s')
     assert not problems, f'{len(problems)} problem(s) on the docs site:\n' + '\n'.join(problems[:60])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Wide plotly figures on a docs page
+
+_FIGURES_JS = """() => Array.from(document.querySelectorAll('.plotly-graph-div')).map(el => {
+  const box = e => { const r = e.getBoundingClientRect(); return {left: r.left, right: r.right, width: r.width}; };
+  const out = el.closest('.jp-OutputArea-output');
+  return {article: box(document.querySelector('article')), div: box(el), svg: box(el.querySelector('.main-svg')),
+          scrolls: out.scrollWidth > out.clientWidth + 1};
+})"""
+
+
+@pytest.fixture(scope='module')
+def figures_site(tmp_path_factory, chromium):
+    "A one-page docs site with stored plotly outputs (no execution): a figure wider than any page (1400 px) and a narrow one (300 px)."
+    import nbformat, plotly.graph_objects as go
+    from diffaug_nb.docs import build_docs
+    from diffaug_nb.docs_nbs import PLOTLY_MIME
+    d = tmp_path_factory.mktemp('figures'); (d/'nbs').mkdir()
+    def fig_cell(width):
+        fig = go.Figure(go.Bar(x=[f'bar {i}' for i in range(12)], y=list(range(1, 13)))).update_layout(width=width, height=300)
+        out = nbformat.v4.new_output('display_data', {PLOTLY_MIME: json.loads(fig.to_json()), 'text/plain': 'Figure'})
+        return nbformat.v4.new_code_cell(f'figure({width})', outputs=[out])
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell('# Figures\n> A wide and a narrow figure.'),
+                                                   fig_cell(1400), fig_cell(300)]), d/'nbs'/'01_figures.ipynb')
+    site = build_docs(d/'site', nbs_path=d/'nbs', cache=False, strict=True)
+    with serve(site) as base: yield base
+
+
+def test_wide_figures_fit_the_page(figures_site, browser, tmp_path):
+    "A plotly figure wider than the content column is drawn at the column's width (nothing cut off at its right edge); a narrow one keeps its width."
+    for vw in (1280, 800):   # beside the two sidebars; and a narrower window, where only the content column is left
+        ctx = browser.new_context(viewport=dict(width=vw, height=900))
+        page = ctx.new_page()
+        try:
+            page.goto(figures_site + 'figures.html', wait_until='load', timeout=60_000)
+            page.wait_for_function("() => document.querySelectorAll('.plotly-graph-div .main-svg').length >= 2", timeout=20_000)
+            wide, narrow = page.evaluate(_FIGURES_JS)
+            art = wide['article']
+            assert art['left'] - 1 <= wide['svg']['left'] and wide['svg']['right'] <= art['right'] + 1, (vw, wide)
+            assert abs(wide['svg']['width'] - wide['div']['width']) <= 1 and wide['svg']['width'] > 0.8 * art['width'], (vw, wide)
+            assert not wide['scrolls'], (vw, wide)          # drawn to fit: no part of it is out of view
+            assert abs(narrow['svg']['width'] - 300) <= 1, (vw, narrow)
+            if vw == 1280: keep_screenshot(page, tmp_path, 'docs-wide-figure.png')
+        finally: ctx.close()

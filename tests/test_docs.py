@@ -1,7 +1,7 @@
 """The offline docs site (diffaug_nb.docs): every notebook becomes a page, pages link to each other, nothing is fetched
 from the network. The real notebooks are built once without execution (module fixture); a tiny notebook folder is
 built with execution to check outputs, plotly figures and the nbdev directives."""
-import re, json
+import os, re, json
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urljoin, urlparse
@@ -119,6 +119,22 @@ def test_executed_outputs_and_figures_offline(tmp_path):
     index = (site / 'index.html').read_text(encoding='utf-8')   # no index.ipynb: a generated home page
     assert 'href="tiny.html"' in index and 'A page with a figure.' in index
     assert offline_problems(site) == []
+
+
+def test_failures_are_reported(tmp_path):
+    """A notebook whose cell fails: a strict build raises with the error, a tolerant one warns with it and renders the page;
+    the caller's working directory and environment stay as they were (the cells run in worker processes)."""
+    nbs = tmp_path / 'nbs'; nbs.mkdir()
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell('# Broken\n> A failing cell.'),
+                                                   nbformat.v4.new_code_cell('raise ValueError("cell-failure-marker")')]),
+                   nbs / '01_broken.ipynb')
+    cwd, env = os.getcwd(), dict(os.environ)
+    with pytest.raises(RuntimeError, match='cell-failure-marker'):
+        build_docs(tmp_path / 'site', nbs_path=nbs, execute=True, cache=False, strict=True)
+    with pytest.warns(UserWarning, match='(?s)01_broken.ipynb did not process cleanly.*cell-failure-marker'):
+        site = build_docs(tmp_path / 'site', nbs_path=nbs, execute=True, cache=False)
+    assert 'A failing cell.' in (site / 'broken.html').read_text(encoding='utf-8')
+    assert os.getcwd() == cwd and dict(os.environ) == env
 
 
 def test_quarto_config_for_nbdev_docs():
