@@ -34,9 +34,9 @@ def _parser():
         sp.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), default=[],
                         help='override a notebook parameter (value read as a Python literal)')
         sp.add_argument('--run-dir', default=None, help='where outputs go (default: runs_dir from settings.ini)')
-    m = sub.add_parser('main', help='the main job: score model (trained if absent), Fig. 1 + quality numbers, a small sample-quality run, robustness experiment')
+    m = sub.add_parser('main', help='the main job: score model (trained if absent), Fig. 1 + quality numbers, a small sample-quality run, the report (covariate shift, OOD, certified accuracy, gradients)')
     params(m)
-    m.add_argument('--skip-robustness', action='store_true', help='stop after the score model and its quality report')
+    m.add_argument('--skip-robustness', action='store_true', help='stop after the score model and its quality numbers (no report)')
     params(sub.add_parser('train-score-model', help='train (or reuse) the embedded score model and report its quality'))
     from diffaug_nb.sweep import sweep_parser
     sweep_parser(sub.add_parser('sweep', help='run an experiment notebook over a parameter grid (GRID: a YAML or JSON file)'))
@@ -72,19 +72,25 @@ def plan_steps(params:dict, # the `-p` parameters
     from diffaug_nb.sweep import notebook_parameters, validate_grid
     from diffaug_nb.scoremodel import EMBEDDED_MODELS, embedded_params
     from diffaug_nb.config import get_device
-    nbs = ['train_score_model.ipynb'] + ([] if skip_robustness or not (experiments_dir()/'robustness.ipynb').exists()
-                                          else ['robustness.ipynb'])
+    nbs = ['train_score_model.ipynb'] + ([] if skip_robustness or not (experiments_dir()/'report.ipynb').exists()
+                                          else ['report.ipynb'])
     known = {nb: set(notebook_parameters(experiments_dir()/nb)) - {'run_dir'} for nb in nbs}
+    rob = set(notebook_parameters(experiments_dir()/'robustness.ipynb')) - {'run_dir'} if 'report.ipynb' in nbs else set()
     plan, used = {nb: {} for nb in nbs}, set()
     for k, v in params.items():
         for nb in nbs:
             if k in known[nb] and (k in _SHARED or k not in used):
                 plan[nb][k] = v; used.add(k)
+        if k not in used and k in rob:   # the report runs robustness.ipynb: its own parameters go through `robustness`
+            plan['report.ipynb'].setdefault('robustness', {})[k] = v; used.add(k)
     if unused := [k for k in params if k not in used]:
         cmd = 'train-score-model (or main --skip-robustness)' if skip_robustness else 'main'
         raise ValueError(f"parameter(s) {unused} are not used by `diffaug-nb {cmd}`; its notebooks take: "
-                         + '; '.join(f"{nb}: {sorted(known[nb])}" for nb in nbs))
+                         + '; '.join(f"{nb}: {sorted(known[nb])}" for nb in nbs)
+                         + (f"; robustness.ipynb (through the report): {sorted(rob)}" if rob else ''))
     for nb in nbs: validate_grid(experiments_dir()/nb, [plan[nb]])   # types against the notebooks' defaults
+    if 'report.ipynb' in nbs and plan['report.ipynb'].get('robustness'):
+        validate_grid(experiments_dir()/'robustness.ipynb', [plan['report.ipynb']['robustness']])
     sm = plan['train_score_model.ipynb']
     if sm.get('model') is None or sm.get('model') in EMBEDDED_MODELS:   # the values the score model will get
         embedded_params(sm.get('model'), **{k: sm.get(k) for k in ('steps', 'batch_size', 'lr', 'width', 'schedule')})
@@ -96,7 +102,7 @@ SAMPLE_QUALITY_SMALL = dict(configs=[['ddim', 25, 200]], seeds=[0], n_real=500) 
 def main_job(params:dict|None=None, run_dir=None, skip_robustness:bool=False,
              samples:bool=True, # run the small sample-quality step (a grid and the generator numbers)
             )->Path:
-    "The main job on the embedded default: score model + Fig. 1 + quality numbers, a small sample-quality run, then robustness."
+    "The main job on the embedded default: score model + Fig. 1 + quality numbers, a small sample-quality run, then the report."
     plan = plan_steps(params or {}, skip_robustness)   # every parameter checked before anything runs
     root = Path(run_dir) if run_dir else settings()['runs_dir']/'main'/time.strftime('%Y%m%d-%H%M%S')
     t0 = time.time()
@@ -113,11 +119,12 @@ def main_job(params:dict|None=None, run_dir=None, skip_robustness:bool=False,
               "the targets are defined on 1,000 DDIM-50 samples: nbs/experiments/sample_quality.ipynb)")
         for k, v in sqq['targets'].items(): print(f"   {k:15s} {v['value']:8.3f}  target {v['target']:8s} {'PASS' if v['passed'] else 'FAIL'}")
         print(f"   sample grid: {sq/'samples_ddim-25.png'}")
-    if 'robustness.ipynb' in plan:
-        rob = _step('robustness', 'robustness.ipynb', plan['robustness.ipynb'], root)
-        for f in ('table1.txt', 'table1.md'):
-            if (rob/f).exists(): print((rob/f).read_text()); break
-        print(f"   figures and metrics: {rob}")
+    if 'report.ipynb' in plan:
+        rep = _step('report', 'report.ipynb', plan['report.ipynb'], root)
+        if (rep/'covariate_shift'/'table1.txt').exists(): print((rep/'covariate_shift'/'table1.txt').read_text())
+        m = json.loads((rep/'metrics.json').read_text())
+        print(f"   timing: {m['timing']}")
+        print(f"   report (one page: Table 1, Fig. 2, OOD Table 2, certified Table 8, Fig. 3): {rep/'report.html'}")
     print(f"== main job finished in {time.time()-t0:.0f} s; everything is in {root}")
     return root
 

@@ -161,7 +161,7 @@ def test_run_sh_without_root_or_sudo_says_why(tmp_path):
 # --- docs: processing a notebook leaves the process's working directory and environment as they were ----------
 def test_proc_docs_nb_keeps_process_state(tmp_path, monkeypatch):
     import nbformat
-    from diffaug_nb.docs import proc_docs_nb
+    from diffaug_nb.docs_nbs import proc_docs_nb
     for k in ('IN_TEST', 'PLOTLY_RENDERER', 'MPLBACKEND'): monkeypatch.delenv(k, raising=False)
     (tmp_path/'sub').mkdir()
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell('# Page'),
