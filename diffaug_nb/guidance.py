@@ -6,7 +6,8 @@ Docs: https://diffaug-nb.github.io/diffaug-nb/guidance.html.md"""
 
 # %% ../nbs/19_guidance.ipynb #128f6e73
 from __future__ import annotations
-import json, time
+import contextlib, json, time
+import joblib
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from diffusers.models.embeddings import Timesteps, TimestepEmbedding
@@ -16,14 +17,15 @@ from .config import settings, get_device, params_key, atomic_write_text, atomic_
 from .data import load_mnist5k, check_images
 from .diffusion import Denoiser, AnalyticDenoiser, to_model, to_unit
 from .sampling import sample_ddim, sample_ddpm, ddim_timesteps
+from .metrics import ClassifierFeatures, fid, classifier_score, prdc_metrics, prdc_classwise
 from .train import _denoiser_id
 
 # %% auto #0
-__all__ = ['GUIDANCE_KINDS', 'GUIDANCE_DEFAULTS', 'TimeCNN', 'DAClassifier', 'make_guidance_classifier',
+__all__ = ['GUIDANCE_KINDS', 'GUIDANCE_DEFAULTS', 'TABLE4_COLUMNS', 'TimeCNN', 'DAClassifier', 'make_guidance_classifier',
            'fit_guidance_classifier', 'guidance_params', 'guidance_dir', 'get_guidance_classifier',
            'ClassifierGuidance', 'MeanFormGuidance', 'GaussianMixtureDenoiser', 'diffused_draws', 'guidance_accuracy',
            'accuracy_vs_t', 'input_ablation', 'log_prob_grad', 'da_gradient_parts', 'default_guidance_samplers',
-           'guided_samples', 'guidance_table']
+           'guided_samples', 'guidance_table', 'GuidanceMetrics', 'scale_sweep', 'table4_long', 'guidance_claims']
 
 # %% ../nbs/19_guidance.ipynb #a8c8f040
 class _TimeBlock(nn.Module):
@@ -424,10 +426,13 @@ def da_gradient_parts(da:DAClassifier, x_t:torch.Tensor, t, y)->dict:
     return dict(total=d_x + through, partial_noisy=d_x, partial_denoised=d_x0, through_denoiser=through)
 
 # %% ../nbs/19_guidance.ipynb #77e6c293
-def default_guidance_samplers(ddim_steps:int=50)->dict:
-    "Table 4's samplers: DDIM-`ddim_steps` (score form) and ancestral DDPM over all T steps (mean form)."
+def default_guidance_samplers(ddim_steps:int=50, # DDIM steps (evenly spaced: `ddim_timesteps`)
+                              ddpm_steps:int|None=None, # ancestral DDPM steps: None = all T; fewer = respaced (guided-diffusion's `timestep_respacing`)
+                             )->dict:
+    "Table 4's samplers: DDIM-`ddim_steps` (score form) and ancestral DDPM (mean form) over all T steps or respaced to `ddpm_steps`."
     return {f'DDIM-{ddim_steps}': ('score', lambda m, x, ts, gen, extra: sample_ddim(m, x, ts, generator=gen, extra_args=extra), ddim_steps),
-            'DDPM': ('mean', lambda m, x, ts, gen, extra: sample_ddpm(m, x, ts, generator=gen, extra_args=extra), None)}
+            'DDPM' if ddpm_steps is None else f'DDPM-{ddpm_steps}':
+                ('mean', lambda m, x, ts, gen, extra: sample_ddpm(m, x, ts, generator=gen, extra_args=extra), ddpm_steps)}
 
 def guided_samples(denoiser:Denoiser, classifier:nn.Module|None, # None: unguided
                    y:torch.Tensor, # requested class per sample
@@ -455,15 +460,17 @@ def guidance_table(denoiser:Denoiser, classifiers:dict, # name -> guidance class
                    metrics=None, # metrics(samples [0,1], labels) -> dict (FID, IS, P/R, class-wise P/R/D/C): the metrics module's hook
                    reference:nn.Module|None=None, # a [0,1]-image classifier: adds 'class_share', the share of samples it labels as requested
                    batch_size:int=250, shape=(1, 28, 28), device=None, return_samples:bool=False):
-    "Table 4: one row per (classifier, sampler) with n guided samples (labels 0..K-1 in turn, same seed for every row)."
+    "Table 4: one row per (classifier, sampler) with n guided samples (labels 0..K-1 in turn, same seed for every row), timed."
     import pandas as pd
     samplers = samplers or default_guidance_samplers()
     y = torch.arange(n) % n_classes
     rows, samples = [], {}
     for cname, clf in classifiers.items():
         for sname, smp in samplers.items():
+            t0 = time.perf_counter()
             x = guided_samples(denoiser, clf, y, smp, scale, seed, batch_size, shape, device)
-            row = dict(classifier=cname, sampler=sname, scale=scale if clf is not None else 0., n=n, seed=seed)
+            row = dict(classifier=cname, sampler=sname, scale=scale if clf is not None else 0., n=n, seed=seed,
+                       sec_per_sample=(time.perf_counter() - t0) / n)
             if reference is not None:
                 with torch.no_grad():
                     pred = torch.cat([reference(x[i:i+batch_size].to(get_device(device))).argmax(-1).cpu() for i in range(0, n, batch_size)])
@@ -472,3 +479,107 @@ def guidance_table(denoiser:Denoiser, classifiers:dict, # name -> guidance class
             rows.append(row); samples[(cname, sname)] = x
     df = pd.DataFrame(rows)
     return (df, samples) if return_samples else df
+
+# %% ../nbs/19_guidance.ipynb #53e20e33
+class GuidanceMetrics:
+    "Table 4's metrics of class-conditional samples on a reference classifier's features: FID, IS analogue, P/R/D/C, class-wise P/R/D/C, class share."
+    def __init__(self, reference:nn.Module, # [0,1] images -> logits, with `features` (a `diffaug_nb.train.Classifier`): the judge
+                 x_real:torch.Tensor, y_real:torch.Tensor, # real [0,1] images (e.g. the test digits) and their labels
+                 k:int=5, # PRDC neighbours
+                 batch_size:int=500,
+                 parallel:bool=False): # True: prdc's distance matrices on joblib threads (it asks sklearn for 8); False: in-line,
+                                       # faster on the 2-core machine here (30 samples: 0.07 s vs 1.3 s a call; 1,000: 1.05 s vs 2.1 s)
+        check_images(x_real, name='real images')
+        if len(y_real) != len(x_real): raise ValueError(f"{len(x_real)} real images but {len(y_real)} labels")
+        self.reference, self.k, self.batch_size, self.parallel = reference.eval(), int(k), batch_size, parallel
+        self.x_real, self.y_real = x_real, torch.as_tensor(y_real)
+        self.feature = ClassifierFeatures(self.reference)
+        self.f_real = self._features(x_real)
+
+    @torch.no_grad()
+    def _features(self, x): return torch.cat([self.feature(x[i:i + self.batch_size]).cpu() for i in range(0, len(x), self.batch_size)])
+
+    @torch.no_grad()
+    def __call__(self, x:torch.Tensor, # samples N x C x H x W in [0,1]
+                 y:torch.Tensor # the class each sample was asked to be
+                )->dict:
+        "fid, classifier_score, precision/recall/density/coverage, the same *_cw within each requested class (averaged), class_share."
+        check_images(x, name='samples')
+        y = torch.as_tensor(y)
+        if len(y) != len(x): raise ValueError(f"{len(x)} samples but {len(y)} requested labels")
+        dev = next(self.reference.parameters()).device
+        probs = torch.cat([self.reference(x[i:i + self.batch_size].to(dev)).softmax(-1).cpu() for i in range(0, len(x), self.batch_size)])
+        f = self._features(x)
+        out = dict(fid=fid(self.x_real, x, self.feature, self.batch_size), classifier_score=classifier_score(probs)[0],
+                   class_share=(probs.argmax(-1) == y).double().mean().item())
+        with contextlib.nullcontext() if self.parallel else joblib.parallel_config(backend='sequential'):   # sklearn then runs in-line
+            out.update(prdc_metrics(self.f_real, f, self.k))
+            cw = prdc_classwise(self.f_real, self.y_real, f, y, self.k)
+        out.update({f'{m}_cw': v for m, v in cw.items()})
+        return out
+
+# %% ../nbs/19_guidance.ipynb #c24a5da6
+def scale_sweep(denoiser:Denoiser, classifiers:dict, # name -> guidance classifier (no None: scale 0 is the unguided row)
+                scales, # classifier scales lambda_s >= 0
+                sampler:tuple, # (form, fn, steps) as in `default_guidance_samplers`
+                sampler_name:str='DDIM', n:int=500, n_classes:int=10, seed:int=0,
+                metrics=None, # metrics(samples, labels) -> dict, e.g. `GuidanceMetrics`
+                batch_size:int=250, shape=(1, 28, 28), device=None):
+    "One `guidance_table` row per (classifier, scale > 0), plus one unguided row (classifier 'none', scale 0) if 0 is in `scales`."
+    import pandas as pd
+    scales = sorted({float(s) for s in scales})
+    if not scales or scales[0] < 0: raise ValueError(f"scales must be a non-empty list of numbers >= 0, got {scales}")
+    if any(c is None for c in classifiers.values()): raise ValueError("classifiers must not hold None: scale 0 gives the unguided row")
+    kw = dict(samplers={sampler_name: sampler}, n=n, n_classes=n_classes, seed=seed, metrics=metrics, batch_size=batch_size,
+              shape=shape, device=device)
+    parts = [guidance_table(denoiser, {'none': None}, scale=0., **kw)] if scales[0] == 0 else []
+    parts += [guidance_table(denoiser, classifiers, scale=s, **kw) for s in scales if s > 0]
+    return pd.concat(parts, ignore_index=True)
+
+# %% ../nbs/19_guidance.ipynb #1bd92ae3
+TABLE4_COLUMNS = {'fid': 'FID↓', 'classifier_score': 'IS↑', 'precision': 'P↑', 'recall': 'R↑', 'precision_cw': 'P̃↑',
+                  'recall_cw': 'R̃↑', 'density_cw': 'D̃↑', 'coverage_cw': 'C̃↑', 'class_share': 'class share↑'}
+
+def table4_long(rows, # `guidance_table` rows: classifier, sampler, seed and metric columns (several seeds concatenated)
+                columns:dict|None=None # metric column -> label (default TABLE4_COLUMNS); absent columns are skipped
+               ):
+    "Long records (classifier, sampler, seed, metric, value) of Table 4's columns, labelled and ordered as in the paper."
+    import pandas as pd
+    columns = TABLE4_COLUMNS if columns is None else columns
+    have = [c for c in columns if c in rows.columns]
+    if not have: raise ValueError(f"the rows hold none of the Table 4 metrics {list(columns)} (they have {list(rows.columns)})")
+    long = rows.melt(id_vars=['classifier', 'sampler', 'seed'], value_vars=have, var_name='metric', value_name='value')
+    long['metric'] = pd.Categorical(long['metric'].map(columns), [columns[c] for c in have], ordered=True)
+    return long.sort_values(['metric'], kind='stable').reset_index(drop=True).astype({'metric': str})
+
+def _compare(df, key, a, b, higher:bool):
+    "(holds on the means, holds on every seed, 'a m ± s vs b m ± s') for the records of `key` a and b (columns seed, value)."
+    pa, pb = (df[df[key] == k].set_index('seed')['value'] for k in (a, b))
+    if pa.empty or pb.empty: raise ValueError(f"no records for {a if pa.empty else b!r} in column {key!r}")
+    better = (lambda u, v: u > v) if higher else (lambda u, v: u < v)
+    common = pa.index.intersection(pb.index)
+    f = lambda s: f'{s.mean():.4g}' + (f' ± {s.std(ddof=1):.2g}' if len(s) > 1 else '')
+    return bool(better(pa.mean(), pb.mean())), bool(len(common) and all(better(pa[i], pb[i]) for i in common)), f'{a} {f(pa)} vs {b} {f(pb)}'
+
+def guidance_claims(acc, # Table 3 records: seed, classifier, accuracy
+                    table4, # `table4_long` records
+                    ablation=None, # records: seed, input ('both inputs', 'zero noisy', 'zero denoised'), accuracy
+                    noisy:str='noisy', da:str='DA' # the two classifiers' names in the records
+                   ):
+    "§5's claims checked on these numbers: a DataFrame of claim, holds (on the means over seeds), every_seed, evidence (mean ± std)."
+    import pandas as pd
+    rows = []
+    def add(claim, parts):
+        rows.append(dict(claim=claim, holds=all(p[0] for p in parts), every_seed=all(p[1] for p in parts), evidence='; '.join(p[2] for p in parts)))
+    add('Table 3: the DA classifier is more accurate than the noisy one on the same diffused test digits',
+        [_compare(acc.rename(columns={'accuracy': 'value'}), 'classifier', da, noisy, True)])
+    if ablation is not None:
+        add('§5 ablation: zeroing the denoised input costs more accuracy than zeroing the noisy input',
+            [_compare(ablation.rename(columns={'accuracy': 'value'}), 'input', 'zero noisy', 'zero denoised', True)])
+    lab = TABLE4_COLUMNS
+    for s in dict.fromkeys(table4['sampler']):
+        t = table4[table4.sampler == s]
+        add(f'Table 4 ({s}): DA guidance gives a lower FID than noisy guidance', [_compare(t[t.metric == lab['fid']], 'classifier', da, noisy, False)])
+        add(f'Table 4 ({s}): DA guidance gives a higher class-conditional density and coverage than noisy guidance',
+            [_compare(t[t.metric == lab[m]], 'classifier', da, noisy, True) for m in ('density_cw', 'coverage_cw')])
+    return pd.DataFrame(rows)

@@ -308,3 +308,76 @@ def test_guided_samples_and_table(tiny):
     y = torch.tensor([0, 1, 2, 0, 1, 2])
     cg = ClassifierGuidance(den, clfs['noisy'], 5.)
     with torch.no_grad(): assert not torch.allclose(cg.eps(xT, 500, y), den.eps(xT, 500))
+
+
+# --- Table 4's metrics, the scale sweep, the table and the claims ------------------------------------------------------
+class _Judge(torch.nn.Module):
+    "A stand-in reference classifier: features = the first 6 pixels, logits = a fixed linear map of them."
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(6, 3)
+    def features(self, x): return x.flatten(1)[:, :6]
+    def forward(self, x): return self.head(self.features(x))
+
+
+def test_guidance_metrics_against_prdc_by_requested_class():
+    "Class-conditional P/R/D/C = prdc within each *requested* class, averaged; the rest as the metrics module computes it."
+    import numpy as np
+    from prdc import compute_prdc
+    from diffaug_nb.metrics import fid, ClassifierFeatures
+    from diffaug_nb.guidance import GuidanceMetrics
+    torch.manual_seed(0)
+    judge = _Judge().eval()
+    g = torch.Generator().manual_seed(0)
+    xr, yr = torch.rand(60, 1, 4, 4, generator=g), torch.arange(60) % 3
+    xf, yf = torch.rand(45, 1, 4, 4, generator=g) * 0.8, torch.arange(45) % 3
+    out = GuidanceMetrics(judge, xr, yr, k=3)(xf, yf)
+    fr, ff = xr.flatten(1)[:, :6].double().numpy(), xf.flatten(1)[:, :6].double().numpy()
+    per = [compute_prdc(fr[yr.numpy() == c], ff[yf.numpy() == c], nearest_k=3) for c in range(3)]
+    for m in ('precision', 'recall', 'density', 'coverage'):
+        assert out[f'{m}_cw'] == pytest.approx(np.mean([p[m] for p in per]), abs=1e-12), m
+        assert out[m] == pytest.approx(compute_prdc(fr, ff, nearest_k=3)[m], abs=1e-12), m
+    assert out['fid'] == pytest.approx(fid(xr, xf, ClassifierFeatures(judge)), rel=1e-9)
+    with torch.no_grad(): assert out['class_share'] == (judge(xf).argmax(-1) == yf).double().mean().item()
+    assert out['n_classes_cw'] == 3
+
+
+def test_default_samplers_respace_ddpm():
+    from diffaug_nb.guidance import default_guidance_samplers
+    assert list(default_guidance_samplers()) == ['DDIM-50', 'DDPM'] and default_guidance_samplers()['DDPM'][2] is None
+    s = default_guidance_samplers(20, 100)
+    assert list(s) == ['DDIM-20', 'DDPM-100'] and s['DDPM-100'][0] == 'mean' and s['DDPM-100'][2] == 100
+
+
+def test_scale_sweep_shares_the_unguided_row():
+    from diffaug_nb.guidance import scale_sweep
+    den = Denoiser(tiny_unet(8, 1, 8), vp_scheduler()).eval()
+    torch.manual_seed(0)
+    clfs = {'noisy': make_guidance_classifier('noisy', width=8).eval(), 'da': make_guidance_classifier('da', den, width=8).eval()}
+    smp = ('score', lambda m, x, ts, gen, extra: _ddim(m, x, ts, generator=gen, extra_args=extra), 3)
+    calls = []
+    sw = scale_sweep(den, clfs, [4, 0, 1.5], smp, 'D3', n=3, n_classes=3, shape=(1, 8, 8), device='cpu',
+                     metrics=lambda x, y: calls.append(x) or dict(m=x.mean().item()))
+    assert list(zip(sw.classifier, sw.scale)) == [('none', 0.), ('noisy', 1.5), ('da', 1.5), ('noisy', 4.), ('da', 4.)]
+    assert (sw.sampler == 'D3').all() and len(calls) == 5
+    ref = guidance_table(den, {'none': None}, {'D3': smp}, n=3, n_classes=3, shape=(1, 8, 8), device='cpu', return_samples=True)[1]
+    torch.testing.assert_close(calls[0], ref[('none', 'D3')])
+    with pytest.raises(ValueError, match='>= 0'): scale_sweep(den, clfs, [-1, 1], smp)
+
+
+def test_table4_long_and_claims():
+    import pandas as pd
+    from diffaug_nb.guidance import table4_long, guidance_claims, TABLE4_COLUMNS
+    rows = pd.DataFrame([dict(classifier=c, sampler='S', seed=sd, fid=f[sd], density_cw=d[sd], coverage_cw=.5, extra=1.)
+                         for c, f, d in (('noisy', (3., 3.), (.5, .5)), ('DA', (2., 4.5), (.6, .7))) for sd in (0, 1)])
+    long = table4_long(rows)
+    assert list(dict.fromkeys(long.metric)) == [TABLE4_COLUMNS[k] for k in ('fid', 'density_cw', 'coverage_cw')]
+    assert len(long) == 4 * 3 and set(long.columns) == {'classifier', 'sampler', 'seed', 'metric', 'value'}
+    acc = pd.DataFrame(dict(seed=[0, 0], classifier=['noisy', 'DA'], accuracy=[.5, .4]))
+    cl = guidance_claims(acc, long)
+    assert cl.holds.tolist() == [False, False, False]        # DA less accurate; FID 3.25 vs 3; coverage equal, so D and C fails
+    assert cl.every_seed.tolist() == [False, False, False]
+    rows.loc[rows.classifier == 'DA', 'coverage_cw'] = .6
+    cl = guidance_claims(acc.assign(accuracy=[.4, .5]), table4_long(rows)).set_index('claim')
+    assert cl.holds.tolist() == [True, False, True] and cl.every_seed.tolist() == [True, False, True]   # FID: DA wins seed 0 only
+    with pytest.raises(ValueError, match='none of the Table 4 metrics'): table4_long(rows[['classifier', 'sampler', 'seed', 'extra']])
