@@ -44,14 +44,17 @@ class DiffAug:
     def __call__(self, x:torch.Tensor, # images N x C x H x W in [0,1]
                  return_t:bool=False, # also return the t drawn for each sample
                  generator:torch.Generator|None=None, # draws t and the noise (for reproducible batches)
-                 t=None # fixed time(s) instead of random ones (scalar or one per sample)
+                 t=None, # fixed time(s) instead of random ones (scalar or one per sample)
+                 noise:torch.Tensor|None=None # fixed noise eps, shaped like `x` (instead of drawing it from `generator`)
                 ):
         "The DiffAug batch (and the t per sample if `return_t`), on `x`'s device."
         check_images(x, name='DiffAug input')
         n, dev = x.shape[0], self.denoiser.device
         if t is None: t = self.sample_t(n, generator)
         t = self.denoiser.timesteps(t, n, dev)
-        noise = None if generator is None else torch.randn(x.shape, generator=generator, device=generator.device)
+        if noise is not None and noise.shape != x.shape:
+            raise ValueError(f"DiffAug noise must have the images' shape {tuple(x.shape)}, got {tuple(noise.shape)}")
+        if noise is None and generator is not None: noise = torch.randn(x.shape, generator=generator, device=generator.device)
         xd = x.to(dev)
         out = torch.cat([self.transform(xd[i:i+self.max_batch], t[i:i+self.max_batch],
                                         None if noise is None else noise[i:i+self.max_batch].to(dev))

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from .config import settings, get_device, params_key, atomic_write_text, atomic_torch_save
 from .data import load_mnist5k, check_images
 from .diffusion import Denoiser, vp_scheduler, to_model, to_unit
+from .distributed import world_size, process_device, make_accelerator, cache_lock, launch, check_num_processes
 
 # %% auto #0
 __all__ = ['EMBEDDED_MODELS', 'make_unet', 'train_score_model', 'load_checkpoint', 'embedded_name', 'embedded_params',
@@ -50,11 +51,19 @@ def train_score_model(x:torch.Tensor, # training images N x C x H x W in [0,1]
                       device=None, # 'auto', 'cpu', 'cuda', ... (None: settings.ini / DIFFAUG_DEVICE)
                       progress:bool=True,
                       extra:dict|None=None, # more provenance to record (e.g. data set name)
+                      mixed_precision:str='no', # 'no', 'bf16' or 'fp16' (GPU): autocast, and gradient scaling for fp16 (accelerate)
+                      callback=None, # callback(dict(step, loss)) after each optimiser step (before that step's checkpoint)
                      )->Denoiser:
     "Train an eps-prediction UNet on `x`; resumable from `out_dir/checkpoints/last.pt`; returns the EMA `Denoiser`."
     check_images(x, name='training images')
     if int(steps) < 1: raise ValueError(f"steps must be >= 1 (got {steps}): a score model with no training step is not a model.")
-    out_dir, dev = Path(out_dir), get_device(device)
+    # one process at float32: the plain loop; under `accelerate launch` (or with mixed precision) an Accelerator
+    acc = make_accelerator(device, mixed_precision) if world_size() > 1 or mixed_precision != 'no' else None
+    out_dir, dev = Path(out_dir), process_device(device) if acc else get_device(device)
+    W, main = (acc.num_processes, acc.is_main_process) if acc else (1, True)
+    if batch_size % W: raise ValueError(f"the global batch of {batch_size} does not split evenly over {W} processes; "
+                                        f"pass a batch_size that is a multiple of {W}")
+    share = slice(acc.process_index * batch_size // W, (acc.process_index + 1) * batch_size // W) if W > 1 else None
     ck = out_dir/'checkpoints'/'last.pt'
     torch.manual_seed(seed)
     unet = make_unet(x.shape[-1], x.shape[1], width).to(dev)
@@ -74,26 +83,38 @@ def train_score_model(x:torch.Tensor, # training images N x C x H x W in [0,1]
         if 'lrs' in st: lrs.load_state_dict(st['lrs'])
         if 'torch_rng' in st: torch.set_rng_state(st['torch_rng'])
         gen.set_state(st['gen']); step, losses, elapsed = st['step'], st['losses'], st['elapsed']
+        if acc and acc.scaler is not None and 'scaler' in st: acc.scaler.load_state_dict(st['scaler'])
     ema.to(dev)
     def save_ckpt():
+        if not main: return   # every process holds the same state; the main one writes it
+        extra = dict(scaler=acc.scaler.state_dict()) if acc and acc.scaler is not None else {}
         atomic_torch_save(dict(unet=unet.state_dict(), opt=opt.state_dict(), ema=ema.state_dict(), lrs=lrs.state_dict(),
                                gen=gen.get_state(), torch_rng=torch.get_rng_state(), step=step, losses=losses,
-                               elapsed=elapsed), ck)
+                               elapsed=elapsed, **extra), ck)
     xm = to_model(x)
     t0, unet = time.time() - elapsed, unet.train()
-    with tqdm(total=steps, initial=step, disable=not progress, desc='score model') as pbar:
+    net, step_opt = acc.prepare(unet, opt) if acc else (unet, opt)   # DDP (several processes), autocast, fp16 scaling
+    with tqdm(total=steps, initial=step, disable=not progress or not main, desc='score model') as pbar:
         while step < steps:
-            idx = torch.randint(0, len(x), (batch_size,), generator=gen)
+            idx = torch.randint(0, len(x), (batch_size,), generator=gen)   # every process draws the whole batch ...
             t = torch.randint(0, den.T, (batch_size,), generator=gen)
             noise = torch.randn((batch_size, *x.shape[1:]), generator=gen)
+            if share is not None: idx, t, noise = idx[share], t[share], noise[share]   # ... and keeps its share
             x0, t, noise = xm[idx].to(dev), t.to(dev), noise.to(dev)
-            loss = F.mse_loss(unet(den.diffuse(x0, t, noise), t).sample, noise)
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); lrs.step(); ema.step(unet.parameters())
-            step += 1; losses.append(loss.item()); elapsed = time.time() - t0
+            loss = F.mse_loss(net(den.diffuse(x0, t, noise), t).sample, noise)
+            opt.zero_grad(set_to_none=True)
+            if acc is None: loss.backward(); opt.step()
+            else: acc.backward(loss); step_opt.step()
+            lrs.step(); ema.step(unet.parameters())
+            step += 1; losses.append(loss.item() if W == 1 else acc.reduce(loss.detach(), 'mean').item()); elapsed = time.time() - t0
             pbar.update(1); pbar.set_postfix(loss=f'{np.mean(losses[-50:]):.4f}')
+            if callback is not None: callback(dict(step=step, loss=losses[-1]))
             if step % ckpt_every == 0 or step == steps: save_ckpt()
+    if acc: acc.unwrap_model(net, keep_fp32_wrapper=False)   # the UNet's own forward again (no autocast wrapper)
     ema.copy_to(unet.parameters())
     den = den.eval()
+    if not main:
+        acc.wait_for_everyone(); return den
     den.save_pretrained(out_dir)
     init = json.loads((Path(init_from)/'provenance.json').read_text()) if init_from is not None else None
     prov = dict(params=dict(steps=steps, batch_size=batch_size, lr=lr, width=width, schedule=schedule, ema_decay=ema_decay,
@@ -102,11 +123,14 @@ def train_score_model(x:torch.Tensor, # training images N x C x H x W in [0,1]
                 n_params=sum(p.numel() for p in unet.parameters()), loss_curve=[round(l, 5) for l in losses],
                 finished=time.strftime('%Y-%m-%dT%H:%M:%S'))
     if lr_schedule != 'constant' or warmup: prov['params'].update(lr_schedule=lr_schedule, warmup=warmup)
+    if mixed_precision != 'no': prov['params']['mixed_precision'] = mixed_precision
+    if W > 1: prov['num_processes'] = W
     if init is not None:
         prov['params']['init_from'] = Path(init_from).name
         prov.update(steps_total=init.get('steps_total', init['steps_done']) + step,
                     wall_time_total_s=round(init.get('wall_time_total_s', init['wall_time_s']) + elapsed, 1))
     atomic_write_text(out_dir/'provenance.json', json.dumps(prov, indent=1))
+    if acc: acc.wait_for_everyone()
     return den
 
 # %% ../nbs/03_scoremodel.ipynb #6cb7ecf5
@@ -130,7 +154,7 @@ EMBEDDED_MODELS = {
     'embedded': dict(steps=7200, batch_size=128, lr=5e-4, width=32, schedule='linear', ema_decay=0.999, seed=1,
                      lr_schedule='cosine', warmup=200, init_from='embedded-weak'),
 }
-_LEGACY = dict(lr_schedule='constant', warmup=0, init_from=None)  # values at which a newer parameter leaves a key unchanged
+_LEGACY = dict(lr_schedule='constant', warmup=0, init_from=None, mixed_precision='no')  # values at which a newer parameter leaves a key unchanged
 
 def embedded_name(name:str|None=None)->str:
     "A key of `EMBEDDED_MODELS`: `name`, or settings.ini's `default_model` when None."
@@ -170,11 +194,19 @@ def is_trained(path)->bool:
     return (Path(path)/'provenance.json').exists() and (Path(path)/'unet'/'config.json').exists()
 
 # %% ../nbs/03_scoremodel.ipynb #60e31ef1
+def _train_embedded(path:Path, device, progress:bool, p:dict):
+    "Train the embedded model `p` describes into `path` on the MNIST-5k train split (every process of a run calls it)."
+    train_score_model(load_mnist5k('train').tensors[0], path, device=device, progress=progress, extra=dict(data='mnist5k-train'), **p)
+
 def load_embedded(device=None, train_if_absent:bool=True, progress:bool=True, cache_dir=None,
                   name:str|None=None, # a key of `EMBEDDED_MODELS` (None: settings.ini `default_model`)
+                  num_processes:int=1, # train in this many processes (`accelerate launch`; one per GPU, or CPU processes); not in the key
                   **overrides)->Denoiser:
     "A named embedded MNIST score model: loaded from the cache, or trained there first (resumable) if absent."
-    name = embedded_name(name)
+    name, n_proc = embedded_name(name), check_num_processes(num_processes)
+    if n_proc > 1 and world_size() > 1 and n_proc != world_size():
+        raise ValueError(f"num_processes={n_proc} inside a run of {world_size()} processes: pass num_processes=1 (this run's "
+                         "processes train together) or call load_embedded outside `accelerate launch`")
     path = embedded_model_dir(cache_dir, name, **overrides)
     if not is_trained(path):
         if not train_if_absent:
@@ -182,15 +214,16 @@ def load_embedded(device=None, train_if_absent:bool=True, progress:bool=True, ca
                                     "(or the train_score_model notebook) to train it.")
         p = embedded_params(name, **overrides)
         if p['init_from'] in EMBEDDED_MODELS:   # a warm start from another named model: that one first
-            load_embedded(device, train_if_absent, progress, cache_dir, p['init_from'])
+            load_embedded(device, train_if_absent, progress, cache_dir, p['init_from'], num_processes=n_proc)
             p['init_from'] = embedded_model_dir(cache_dir, p['init_from'])
-        from filelock import FileLock
         path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path.parent/f'.{path.name}.lock')):   # one trainer per model; others wait, then load it
+        # one trainer per model; others wait, then load it (the processes of one run train it together)
+        with cache_lock(path.parent/f'.{path.name}.lock', device):
             if not is_trained(path):
-                train_score_model(load_mnist5k('train').tensors[0], path, device=device, progress=progress,
-                                  extra=dict(data='mnist5k-train'), **p)
-    return Denoiser.from_pretrained(path, device=device)
+                job = dict(path=path, device=device, progress=progress, p=p)
+                if n_proc > 1 and world_size() == 1: launch(_train_embedded, job, n_proc, p['mixed_precision'], device)
+                else: _train_embedded(**job)
+    return Denoiser.from_pretrained(path, device=process_device(device))
 
 def load_denoiser(model:str|None=None, # 'embedded', 'embedded-weak', a local diffusers directory, or None (settings.ini)
                   device=None, **kw)->Denoiser:

@@ -14,9 +14,10 @@ from tqdm.auto import tqdm
 from .config import settings, params_key, atomic_write_text
 
 # %% auto #0
-__all__ = ['expand_grid', 'run_id', 'notebook_parameters', 'validate_grid', 'kernel_python', 'provenance', 'run_status',
-           'run_notebook', 'collect_results', 'clean_stale', 'run_sweep', 'aggregate', 'load_grid', 'run_sweep_file',
-           'sweep_parser', 'sweep_main', 'sweep_cli']
+__all__ = ['EXECUTORS', 'expand_grid', 'run_id', 'notebook_parameters', 'validate_grid', 'kernel_python', 'provenance',
+           'run_status', 'run_notebook', 'collect_results', 'clean_stale', 'slurm_parameters', 'make_executor',
+           'sweep_job', 'run_sweep', 'aggregate', 'load_grid', 'run_sweep_file', 'sweep_parser', 'sweep_main',
+           'sweep_cli']
 
 # %% ../nbs/08_sweep.ipynb #b7eb1f69
 def expand_grid(parameters:dict, # name -> list of values to sweep over
@@ -153,6 +154,7 @@ def run_notebook(notebook:str|Path, # the parameterised notebook
                  run_dir_param:str|None='run_dir', # parameter that receives the run folder (None: not passed)
                  extra_params:dict|None=None, # passed to the notebook but not part of the run's identity
                  validate:bool=True, # check the parameters against the notebook first (ValueError naming a bad one)
+                 job:dict|None=None, # the cluster job doing this run (executor, id, host): recorded in provenance.json
                 )->dict:
     "Execute `notebook` with `params` into a temp folder, rename it to `run_path` on success; return the status record."
     import papermill as pm
@@ -181,6 +183,7 @@ def run_notebook(notebook:str|Path, # the parameterised notebook
     prov = provenance(notebook.parent, kernel_name)
     prov.update(notebook=str(notebook), run_path=str(run_path), started=started, finished=status['finished'],
                 duration_s=status['duration_s'], argv=sys.argv)
+    if job is not None: prov['job'] = job
     atomic_write_text(tmp/'provenance.json', json.dumps(prov, indent=1, default=str))
     failed = run_path.with_name(f'{run_path.name}.failed')
     if status['status'] == 'ok':
@@ -239,14 +242,144 @@ def _alive(pid:int)->bool:
     except PermissionError: return True
     return True
 
+def _locked(lock_file:Path)->bool:
+    "True if another process holds the FileLock `lock_file` now."
+    from filelock import FileLock, Timeout
+    if not lock_file.exists(): return False
+    lock = FileLock(str(lock_file))
+    try: lock.acquire(timeout=0)
+    except Timeout: return True
+    lock.release()
+    return False
+
 def clean_stale(out_dir:str|Path)->list[Path]:
-    "Remove `.tmp-<run id>-<pid>` folders in `out_dir` whose process no longer runs; return them."
+    "Remove `.tmp-<run id>-<pid>` folders in `out_dir` whose process no longer runs (and whose run is not locked); return them."
     gone = []
     for p in Path(out_dir).glob('.tmp-*-*'):
-        pid = p.name.rsplit('-', 1)[-1]
-        if p.is_dir() and pid.isdigit() and not _alive(int(pid)):
+        rid, pid = p.name[len('.tmp-'):].rsplit('-', 1)
+        # a job on another host has a pid this host does not know: its run's lock tells it is alive
+        if p.is_dir() and pid.isdigit() and not _alive(int(pid)) and not _locked(p.parent/f'.{rid}.lock'):
             shutil.rmtree(p, ignore_errors=True); gone.append(p)
     return gone
+
+# %% ../nbs/08_sweep.ipynb #0ca518db
+EXECUTORS = ('local', 'slurm')
+_SLURM_OPTS = ('partition', 'gpus_per_node', 'cpus_per_task', 'mem_gb', 'time', 'account', 'qos', 'constraint', 'setup')
+
+def slurm_parameters(partition:str|None=None, # SLURM partition (sbatch --partition)
+                     gpus_per_node:int|None=None, # GPUs of each job (--gpus-per-node)
+                     cpus_per_task:int|None=None, # CPU cores of each job (--cpus-per-task)
+                     mem_gb:int|None=None, # memory of each job in GB (--mem)
+                     time:int|None=None, # wall-clock limit of each job in minutes (--time); None: 24 h
+                     account:str|None=None, qos:str|None=None, constraint:str|None=None, # --account, --qos, --constraint
+                     setup:list[str]|None=None, # shell lines run before each job, e.g. ['module load cuda', 'source .venv/bin/activate']
+                     max_parallel:int|None=None, # jobs of the array that run at once (--array=...%N); None: the cluster's limit
+                     job_name:str='diffaug-sweep')->dict:
+    "submitit `SlurmExecutor.update_parameters` keywords for one run per job (None leaves the cluster's default)."
+    for k, v in dict(gpus_per_node=gpus_per_node, cpus_per_task=cpus_per_task, mem_gb=mem_gb, time=time, max_parallel=max_parallel).items():
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == 'gpus_per_node' else 1)):
+            raise ValueError(f"slurm option {k} must be a whole number >= {0 if k == 'gpus_per_node' else 1}, got {v!r}")
+    if setup is not None and (isinstance(setup, str) or not all(isinstance(s, str) for s in setup)):
+        raise ValueError(f"slurm option setup must be a list of shell lines, got {setup!r}")
+    p = dict(job_name=job_name, time=time or 24 * 60, nodes=1, ntasks_per_node=1)
+    opt = dict(partition=partition, gpus_per_node=gpus_per_node, cpus_per_task=cpus_per_task, account=account, qos=qos,
+               constraint=constraint, setup=list(setup) if setup else None, array_parallelism=max_parallel,
+               mem=f'{mem_gb}GB' if mem_gb else None)
+    return {**p, **{k: v for k, v in opt.items() if v is not None}}
+
+def _cuda_count()->int:
+    try:
+        import torch
+        return torch.cuda.device_count()
+    except ImportError: return 0
+
+def make_executor(executor:str, # 'local' (jobs on this machine) or 'slurm' (sbatch; run from a login node)
+                  folder:str|Path, # submitit's folder: job pickles, sbatch scripts, logs
+                  slurm:dict|None=None, # `slurm_parameters` options; 'local' uses `time` and `gpus_per_node` only
+                  max_parallel:int|None=None, # SLURM array parallelism ('local': the sweep caps its running jobs itself)
+                 ):
+    "A submitit executor that runs each sweep run as one job."
+    import submitit
+    if executor not in EXECUTORS: raise ValueError(f"executor must be one of {EXECUTORS} (or None: run here), got {executor!r}")
+    slurm = dict(slurm or {})
+    if bad := sorted(set(slurm) - set(_SLURM_OPTS)): raise ValueError(f"unknown slurm option(s) {bad}; known: {list(_SLURM_OPTS)}")
+    p = slurm_parameters(**slurm, max_parallel=max_parallel)   # checked for both executors: a grid file tried locally runs on SLURM
+    if executor == 'local':
+        ex = submitit.LocalExecutor(folder=str(folder))
+        # submitit's local jobs see only `gpus_per_node` GPUs (CUDA_VISIBLE_DEVICES): all of this machine's by default
+        ex.update_parameters(timeout_min=p['time'], gpus_per_node=slurm.get('gpus_per_node', _cuda_count()))
+        return ex
+    try: ex = submitit.SlurmExecutor(folder=str(folder))
+    except RuntimeError as e:
+        raise RuntimeError(f"executor='slurm' needs SLURM's srun and sbatch on this machine ({e}): start the sweep on a "
+                           "login node of the cluster, or use executor='local' here") from None
+    ex.update_parameters(**p)
+    return ex
+
+def _job_info()->dict|None:
+    "executor, job id and host of the submitit job this process runs in (None outside a job)."
+    import submitit
+    try: env = submitit.JobEnvironment()
+    except RuntimeError: return None
+    return dict(executor=os.environ.get('SUBMITIT_EXECUTOR', 'slurm'), id=str(env.job_id), host=env.hostname)
+
+def sweep_job(notebook:str|Path, params:dict, run_path:str|Path, retry_failed:bool=True, **kw)->dict:
+    "One run of a sweep as a job: under the run's lock, skip it if it finished (or failed, unless retried), else `run_notebook`."
+    from filelock import FileLock
+    run_path = Path(run_path)
+    with FileLock(str(run_path.parent/f'.{run_path.name}.lock')):   # another sweep running this point: wait, then look again
+        st = run_status(run_path)
+        if st == 'ok' or (st == 'failed' and not retry_failed): return dict(status='skipped', run_id=run_path.name)
+        return run_notebook(notebook, params, run_path, validate=False, job=_job_info(), **kw)
+
+def _record_lost_job(out_dir:Path, rid:str, params:dict, notebook:Path, job:dict, error:str, submitted:str)->dict:
+    "The failure record (`<run id>.failed/`) of a run whose job ended without writing one: killed, out of time, node lost."
+    from filelock import FileLock, Timeout
+    lock = FileLock(str(out_dir/f'.{rid}.lock'))
+    try: lock.acquire(timeout=0)
+    except Timeout: return dict(status='skipped', run_id=rid)   # another sweep runs this point now
+    try:
+        st = run_status(out_dir/rid)
+        if st == 'ok': return dict(status='ok', run_id=rid)
+        failed = out_dir/f'{rid}.failed'
+        if st == 'failed' and ((_read_json(failed/'status.json') or {}).get('finished') or '') >= submitted:
+            return _read_json(failed/'status.json')                 # the job recorded its own failure
+        status = dict(status='failed', error=f"job {job['id']} ({job['executor']}) ended without finishing the run: {error}",
+                      run_id=rid, started=None, finished=_now(), duration_s=None, metrics=False)
+        tmp = out_dir/f'.tmp-{rid}-{os.getpid()}'
+        if tmp.exists(): shutil.rmtree(tmp)
+        tmp.mkdir()
+        atomic_write_text(tmp/'parameters.json', json.dumps(params, indent=1, default=str))
+        atomic_write_text(tmp/'provenance.json', json.dumps(dict(notebook=str(notebook), run_path=str(out_dir/rid), job=job,
+                                                                 recorded_by='the sweep (the job left no record)'), indent=1))
+        atomic_write_text(tmp/'status.json', json.dumps(status, indent=1))
+        if failed.exists(): shutil.rmtree(failed)
+        os.rename(tmp, failed)
+        return status
+    finally: lock.release()
+
+def _run_jobs(ex, executor:str, todo:list, out_dir:Path, notebook:Path, job_kw:dict, max_parallel:int|None, done):
+    "Submit one job per (run id, params) of `todo` and wait for them; `done(status)` for each as it ends."
+    def finish(rid, p, job, submitted):
+        try: r = job.result()
+        except Exception as e:   # the job died without a result (killed, timeout, lost node) or raised outside the runner
+            r = _record_lost_job(out_dir, rid, p, notebook, dict(executor=executor, id=str(job.job_id)),
+                                 f'{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ""}', submitted)
+        done(r)
+    submit = lambda rid, p: ex.submit(sweep_job, notebook, p, out_dir/rid, **job_kw)
+    if executor == 'slurm':   # one job array; SLURM runs max_parallel of them at once
+        t0 = _now()
+        with ex.batch(): jobs = [(rid, p, submit(rid, p)) for rid, p in todo]
+        for rid, p, job in jobs: finish(rid, p, job, t0)
+        return
+    queue, running = list(todo), []
+    while queue or running:
+        while queue and len(running) < (max_parallel or 1):
+            rid, p = queue.pop(0); running.append((rid, p, submit(rid, p), _now()))
+        ended = [r for r in running if r[2].done()]
+        if not ended: time.sleep(0.2); continue   # polling the local jobs' processes
+        for r in ended: running.remove(r); finish(*r)
+
 
 # %% ../nbs/08_sweep.ipynb #918c6da1
 def run_sweep(notebook:str|Path, # the parameterised notebook (a cell tagged `parameters`)
@@ -261,6 +394,10 @@ def run_sweep(notebook:str|Path, # the parameterised notebook (a cell tagged `pa
               run_dir_param:str|None='run_dir', # parameter receiving the run folder (None: not passed)
               extra_params:dict|None=None, # passed to every run but not part of its identity (e.g. progress=False)
               progress:bool=True, # show a tqdm bar over the runs
+              executor:str|None=None, # None: run here, one after the other; 'local' or 'slurm': one submitit job per run
+              slurm:dict|None=None, # each job's SLURM options (`slurm_parameters`: partition, gpus_per_node, time, ...)
+              max_parallel:int|None=None, # jobs running at once ('local': default 1; 'slurm': the array's parallelism)
+              executor_dir:str|Path|None=None, # submitit's folder: scripts and job logs (default out_dir/.submitit)
              )->pd.DataFrame:
     "Run `notebook` once per grid point with papermill; resumable, failure-tolerant; returns (and saves) the results table."
     notebook = Path(notebook).resolve()
@@ -271,6 +408,7 @@ def run_sweep(notebook:str|Path, # the parameterised notebook (a cell tagged `pa
     out_dir = Path(out_dir) if out_dir is not None else settings()['runs_dir']/name
     out_dir.mkdir(parents=True, exist_ok=True)
     ids = [run_id(p) for p in runs]
+    ex = make_executor(executor, executor_dir or out_dir/'.submitit', slurm, max_parallel) if executor is not None else None
     atomic_write_text(out_dir/'sweep.json', json.dumps(dict(name=name, notebook=str(notebook), parameters=grid,
                       fixed=fixed or {}, runs=dict(zip(ids, runs)), updated=_now()), indent=1, default=str))
     clean_stale(out_dir)
@@ -295,9 +433,23 @@ def run_sweep(notebook:str|Path, # the parameterised notebook (a cell tagged `pa
         finally: lock.release()
         bar.update(1); bar.set_postfix(counts)
         return True
-    # runs another sweep on this folder is doing now are left for last, then waited for (never run twice)
-    busy = [(rid, p) for rid, p in zip(ids, runs) if not attempt(rid, p, wait=False)]
-    for rid, p in busy: attempt(rid, p, wait=True)
+    if ex is None:
+        # runs another sweep on this folder is doing now are left for last, then waited for (never run twice)
+        busy = [(rid, p) for rid, p in zip(ids, runs) if not attempt(rid, p, wait=False)]
+        for rid, p in busy: attempt(rid, p, wait=True)
+    else:   # one job per run to do; each job looks at its run's status again under the run's lock (`sweep_job`)
+        todo = []
+        for rid, p in zip(ids, runs):
+            st = run_status(out_dir/rid)
+            if st == 'ok' or (st == 'failed' and not retry_failed): counts['skipped'] += 1; bar.update(1)
+            else: todo.append((rid, p))
+        def done(r):
+            counts[r['status'] if r['status'] in ('ok', 'skipped') else 'failed'] += 1
+            if r['status'] not in ('ok', 'skipped'): tqdm.write(f"run {r['run_id']} {r['status']}: {r['error']}")
+            bar.update(1); bar.set_postfix(counts)
+        _run_jobs(ex, executor, todo, out_dir, notebook, dict(retry_failed=retry_failed, kernel_name=kernel_name, cwd=cwd,
+                  timeout=timeout, run_dir_param=run_dir_param, extra_params=extra_params), max_parallel, done)
+        clean_stale(out_dir)   # the temp folders of killed jobs
     bar.close()
     df = collect_results(out_dir, ids)
     df.to_csv(out_dir/'results.csv', index=False)
@@ -325,7 +477,7 @@ def aggregate(df:pd.DataFrame, # a results table (`run_sweep`, `collect_results`
 
 # %% ../nbs/08_sweep.ipynb #cf2f91e2
 _GRID_KEYS = {'notebook', 'parameters', 'fixed', 'name', 'out_dir', 'kernel_name', 'timeout', 'extra_params',
-              'retry_failed', 'cwd'}
+              'retry_failed', 'cwd', 'executor', 'slurm', 'max_parallel'}
 
 def load_grid(path:str|Path)->dict:
     "Read a YAML/JSON grid file: {notebook, parameters: {name: [values]}, fixed: {name: value}, ...}; notebook path resolved."
@@ -342,6 +494,13 @@ def load_grid(path:str|Path)->dict:
     t = spec.get('timeout')
     if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0):
         raise ValueError(f"{path}: timeout must be a number of seconds per cell (> 0) or null, got {t!r}")
+    if spec.get('executor') not in (None, *EXECUTORS):
+        raise ValueError(f"{path}: executor must be one of {EXECUTORS} or null (run here), got {spec['executor']!r}")
+    if not isinstance(spec.get('slurm') or {}, dict):
+        raise ValueError(f"{path}: slurm must be a mapping of SLURM options ({', '.join(_SLURM_OPTS)}), got {spec['slurm']!r}")
+    if spec.get('slurm'): slurm_parameters(**{k: v for k, v in spec['slurm'].items() if k in _SLURM_OPTS})   # checks the values
+    if bad := sorted(set(spec.get('slurm') or {}) - set(_SLURM_OPTS)):
+        raise ValueError(f"{path}: unknown slurm option(s) {bad}; known: {list(_SLURM_OPTS)}")
     if not isinstance(spec.get('retry_failed', True), bool):
         raise ValueError(f"{path}: retry_failed must be true or false, got {spec['retry_failed']!r}")
     nb = Path(spec['notebook']).expanduser()
@@ -374,6 +533,17 @@ def sweep_parser(parser:argparse.ArgumentParser|None=None)->argparse.ArgumentPar
     p.add_argument('--no-retry-failed', dest='retry_failed', action='store_false', default=None,
                    help='skip runs that failed before instead of retrying them')
     p.add_argument('--dry-run', action='store_true', help='check the grid and list the runs; run nothing')
+    p.add_argument('--executor', choices=EXECUTORS, default=None,
+                   help="run each run as a submitit job: 'local' (processes here) or 'slurm' (sbatch); default: run them here")
+    p.add_argument('--max-parallel', type=int, default=None, help="jobs running at once (local: default 1; slurm: array parallelism)")
+    s = p.add_argument_group('SLURM options (override the grid file\'s `slurm:` mapping)')
+    s.add_argument('--partition', default=None, help='SLURM partition')
+    s.add_argument('--gpus-per-node', type=int, default=None, help='GPUs per job')
+    s.add_argument('--cpus-per-task', type=int, default=None, help='CPU cores per job')
+    s.add_argument('--mem-gb', type=int, default=None, help='memory per job (GB)')
+    s.add_argument('--time', type=int, default=None, help='wall-clock limit per job in minutes (default 24 h)')
+    s.add_argument('--account', default=None); s.add_argument('--qos', default=None); s.add_argument('--constraint', default=None)
+    s.add_argument('--setup', action='append', default=None, help="a shell line run before each job (repeatable), e.g. 'module load cuda'")
     p.add_argument('--quiet', action='store_true', help='no progress bar')
     return p
 
@@ -388,9 +558,11 @@ def sweep_main(args:argparse.Namespace)->int:
             print(f"{len(runs)} run(s) of {spec['notebook']} into {out}")
             for p in runs: print(f"  {run_id(p)}  {run_status(out/run_id(p)) or 'todo':6s}  {json.dumps(p, default=str)}")
             return 0
-        kw = {k: v for k in ('kernel_name', 'timeout', 'retry_failed') if (v := getattr(args, k)) is not None}
+        kw = {k: v for k in ('kernel_name', 'timeout', 'retry_failed', 'executor', 'max_parallel') if (v := getattr(args, k, None)) is not None}
+        if cli := {k: v for k in _SLURM_OPTS if (v := getattr(args, k, None)) is not None}:
+            kw['slurm'] = {**(spec.get('slurm') or {}), **cli}
         df = run_sweep_file(args.grid, out_dir=args.out_dir, progress=not args.quiet, **kw)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
         print(f'diffaug-nb sweep: {e}', file=sys.stderr)
         return 2
     c, bad = df.attrs['counts'], int((df.status != 'ok').sum()) if len(df) else 0

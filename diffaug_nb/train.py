@@ -14,6 +14,8 @@ from .config import settings, get_device, params_key, atomic_write_text, atomic_
 from .data import load_mnist5k, check_images
 from .diffusion import Denoiser
 from .augment import DiffAug, NoiseAug, Policy, make_policy, diffaug_loss
+from .distributed import world_size, is_main_process, process_device, make_accelerator, cache_lock, launch
+from .distributed import check_num_processes, MIXED_PRECISION, to_sync_batchnorm, from_sync_batchnorm
 
 # %% auto #0
 __all__ = ['CLASSIFIERS', 'CLASSIFIER_DEFAULTS', 'AUGS', 'Classifier', 'small_cnn_body', 'resnet18_body', 'make_classifier',
@@ -106,6 +108,26 @@ def evaluate_classifier(model:nn.Module, x:torch.Tensor, y:torch.Tensor, batch_s
     model.train(was)
     return dict(loss=loss / max(len(x), 1), acc=correct / max(len(x), 1))
 
+def _diffaug_share(diffaug, x, gen, share, dev):
+    "Rows `share` of `diffaug(x, generator=gen)`, denoising only those rows (t, then the noise, drawn for the whole batch)."
+    t = diffaug.sample_t(len(x), gen)
+    noise = torch.randn(x.shape, generator=gen, device=gen.device)
+    if share is None: return diffaug(x.to(dev), t=t, noise=noise)
+    return diffaug(x[share].to(dev), t=t[share], noise=noise[share])
+
+def _global_stats(acc, st:list, dev)->list:
+    "[loss, loss_a, loss_b, correct, n] of one step over all processes: losses averaged (equal shares), counts summed."
+    v = acc.reduce(torch.tensor([s if s is not None else 0. for s in st], dtype=torch.float64, device=dev), 'sum').tolist()
+    W = acc.num_processes
+    return [v[0] / W, v[1] / W, None if st[2] is None else v[2] / W, int(v[3]), int(v[4])]
+
+def _global_eval(acc, model, x, y, dev)->dict:
+    "`evaluate_classifier` over all processes: each evaluates every W-th image, the sums are added."
+    W, r = acc.num_processes, acc.process_index
+    e, n = evaluate_classifier(model, x[r::W], y[r::W], device=dev), len(x[r::W])
+    v = acc.reduce(torch.tensor([e['loss'] * n, e['acc'] * n, n], dtype=torch.float64, device=dev), 'sum').tolist()
+    return dict(loss=v[0] / max(v[2], 1), acc=v[1] / max(v[2], 1))
+
 def fit_classifier(model:Classifier, # trained in place (build it after torch.manual_seed(seed) for reproducible init)
                    x:torch.Tensor, y:torch.Tensor, # training images N x C x H x W in [0,1], int64 labels N
                    policy:str|Policy='none', # the original augmentation policy (see `make_policy`)
@@ -118,7 +140,8 @@ def fit_classifier(model:Classifier, # trained in place (build it after torch.ma
                    seed:int=0,
                    device=None, # 'auto', 'cpu', 'cuda', ... (None: settings.ini / DIFFAUG_DEVICE)
                    progress:bool=True, # tqdm bar
-                   callback=None # callback(dict(epoch, step, loss)) after each optimiser step
+                   callback=None, # callback(dict(epoch, step, loss)) after each optimiser step
+                   mixed_precision:str='no', # 'no', 'bf16' or 'fp16' (GPU): autocast, and gradient scaling for fp16 (accelerate)
                   )->dict:
     "Train with L = CE(policy batch) or 0.5*(CE(policy batch) + CE(DiffAug batch)); returns the per-epoch curves."
     check_images(x, channels=getattr(model, 'channels', None), name='training images')
@@ -130,11 +153,18 @@ def fit_classifier(model:Classifier, # trained in place (build it after torch.ma
     if x_val is not None: check_images(x_val, channels=getattr(model, 'channels', None), name='validation images')
     if epochs < 1 or batch_size < 1: raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
     pol = policy if isinstance(policy, Policy) else make_policy(policy, num_classes=n_classes or int(y.max()) + 1)
-    dev = get_device(device)
+    # one process at float32: the plain loop; under `accelerate launch` (or with mixed precision) an Accelerator
+    acc = make_accelerator(device, mixed_precision) if world_size() > 1 or mixed_precision != 'no' else None
+    dev = process_device(device) if acc else get_device(device)
+    W, main = (acc.num_processes, acc.is_main_process) if acc else (1, True)
+    if acc: model = to_sync_batchnorm(model, dev)   # BatchNorm over the global batch on GPUs (see `distributed`)
     model.to(dev).train()
     N = len(x)
     bs = min(batch_size, N)
     spe = N // bs  # steps per epoch (the last partial batch is dropped)
+    if bs % W: raise ValueError(f"the global batch of {bs} images does not split evenly over {W} processes; "
+                                f"pass a batch_size that is a multiple of {W}")
+    share = slice(acc.process_index * bs // W, (acc.process_index + 1) * bs // W) if W > 1 else None  # this process's rows
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * spe, pct_start=0.15)
     gen = torch.Generator().manual_seed(seed)
@@ -144,6 +174,7 @@ def fit_classifier(model:Classifier, # trained in place (build it after torch.ma
     ck = Path(out_dir)/'checkpoints'/'last.pt' if out_dir is not None else None
     cfg = dict(n=N, epochs=epochs, batch_size=bs, lr=lr, weight_decay=weight_decay, policy=pol.name,
                diffaug=repr(diffaug) if diffaug is not None else None, stack=stack, seed=seed)
+    if mixed_precision != 'no': cfg['mixed_precision'] = mixed_precision   # a key of its own only when it is not the default
     if ck is not None and ck.exists():
         st = torch.load(ck, map_location='cpu', weights_only=False)
         if st.get('cfg', cfg) != cfg:
@@ -152,37 +183,50 @@ def fit_classifier(model:Classifier, # trained in place (build it after torch.ma
         model.load_state_dict(st['model']); opt.load_state_dict(st['opt']); sched.load_state_dict(st['sched'])
         gen.set_state(st['gen']); _set_rng_state(st['rng'])
         epoch, pos, perm, acc_sums, hist, elapsed = st['epoch'], st['pos'], st['perm'], st['sums'], st['hist'], st['elapsed']
+        if acc and acc.scaler is not None and 'scaler' in st: acc.scaler.load_state_dict(st['scaler'])
+    net, step_opt = acc.prepare(model, opt) if acc else (model, opt)   # DDP (several processes), autocast, fp16 scaling
     def save():
-        if ck is None: return
+        if ck is None or not main: return   # every process holds the same state; the main one writes it
+        extra = dict(scaler=acc.scaler.state_dict()) if acc and acc.scaler is not None else {}
         atomic_torch_save(dict(model=model.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(), gen=gen.get_state(),
-                               rng=_rng_state(), cfg=cfg, epoch=epoch, pos=pos, perm=perm, sums=acc_sums, hist=hist, elapsed=elapsed), ck)
+                               rng=_rng_state(), cfg=cfg, epoch=epoch, pos=pos, perm=perm, sums=acc_sums, hist=hist, elapsed=elapsed,
+                               **extra), ck)
     t0 = time.time() - elapsed
-    with tqdm(total=epochs * spe, initial=epoch * spe + pos, disable=not progress,
+    with tqdm(total=epochs * spe, initial=epoch * spe + pos, disable=not progress or not main,
               desc=f"{getattr(model, 'arch', 'model')} {pol.name}{' +DiffAug' if diffaug else ''}") as bar:
         while epoch < epochs:
             if perm is None: perm = torch.randperm(N, generator=gen)
             while pos < spe:
                 idx = perm[pos*bs:(pos+1)*bs]
                 xb, yb = x[idx], y[idx]
-                xa, ya = pol(xb, yb)
+                xa, ya = pol(xb, yb)   # every process augments the whole batch (the same draws), then keeps its share
+                if share is not None: xa, ya, yb = xa[share], ya[share], yb[share]
                 if diffaug is not None:
-                    xd = diffaug((pol.images(xb) if stack else xb).to(dev), generator=gen)
+                    if acc is None: xd = diffaug((pol.images(xb) if stack else xb).to(dev), generator=gen)
+                    else:
+                        with acc.autocast(): xd = _diffaug_share(diffaug, pol.images(xb) if stack else xb, gen, share, dev)
                     xd, yd = pol.batch(xd, yb) if pol.batch is not None else (xd, yb)
-                    loss, parts = diffaug_loss(model, xa.to(dev), ya.to(dev), xd.to(dev), yd.to(dev), return_parts=True)
+                    loss, parts = diffaug_loss(net, xa.to(dev), ya.to(dev), xd.to(dev), yd.to(dev), return_parts=True)
                     lb = parts['loss_b'].item()
                 else:
-                    la = model(xa.to(dev))
+                    la = net(xa.to(dev))
                     loss = F.cross_entropy(la, ya.to(dev))
                     parts, lb = dict(loss_a=loss.detach(), logits_a=la.detach()), None
-                opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
+                opt.zero_grad(set_to_none=True)
+                if acc is None: loss.backward(); opt.step()
+                else: acc.backward(loss); step_opt.step()
+                sched.step()
                 yh = ya.argmax(1) if ya.ndim == 2 else ya
-                acc_sums[0] += loss.item(); acc_sums[1] += parts['loss_a'].item(); acc_sums[2] = None if lb is None else acc_sums[2] + lb
-                acc_sums[3] += (parts['logits_a'].argmax(1).cpu() == yh.cpu()).sum().item(); acc_sums[4] += len(yh)
+                s = [loss.item(), parts['loss_a'].item(), lb, (parts['logits_a'].argmax(1).cpu() == yh.cpu()).sum().item(), len(yh)]
+                if W > 1: s = _global_stats(acc, s, dev)
+                acc_sums[0] += s[0]; acc_sums[1] += s[1]; acc_sums[2] = None if lb is None else acc_sums[2] + s[2]
+                acc_sums[3] += s[3]; acc_sums[4] += s[4]
                 pos += 1; elapsed = time.time() - t0
                 bar.update(1); bar.set_postfix(epoch=epoch, loss=f'{acc_sums[0]/pos:.3f}')
                 if callback is not None: callback(dict(epoch=epoch, step=epoch * spe + pos, loss=loss.item()))
                 if pos % ckpt_every == 0 and pos < spe: save()
-            val = evaluate_classifier(model, x_val, y_val, device=dev) if x_val is not None else dict(loss=None, acc=None)
+            val = (evaluate_classifier(model, x_val, y_val, device=dev) if W == 1 else _global_eval(acc, model, x_val, y_val, dev)) \
+                  if x_val is not None else dict(loss=None, acc=None)
             for k, v in dict(epoch=epoch + 1, train_loss=acc_sums[0]/spe, loss_orig=acc_sums[1]/spe,
                              loss_diffaug=None if acc_sums[2] is None else acc_sums[2]/spe,
                              train_acc=acc_sums[3]/acc_sums[4], val_loss=val['loss'], val_acc=val['acc'],
@@ -190,7 +234,10 @@ def fit_classifier(model:Classifier, # trained in place (build it after torch.ma
                 hist[k].append(v)
             epoch, pos, perm, acc_sums = epoch + 1, 0, None, [0., 0., 0., 0, 0]
             save()
-            if out_dir is not None: atomic_write_text(Path(out_dir)/'curves.json', json.dumps(hist, indent=1))
+            if out_dir is not None and main: atomic_write_text(Path(out_dir)/'curves.json', json.dumps(hist, indent=1))
+    if acc:
+        acc.unwrap_model(net, keep_fp32_wrapper=False)   # the model's own forward again (no autocast wrapper)
+        from_sync_batchnorm(model); acc.wait_for_everyone()
     model.eval()
     return hist
 
@@ -254,7 +301,8 @@ def _classes(classes)->list[int]|None:
     return None if c == list(range(10)) else c
 
 def classifier_params(policy:str='none', diffaug:bool|str=False, denoiser=None, t_min:int=0, t_max:int|None=None,
-                      epochs:int|None=None, seed:int=0, arch:str|None=None, data:str='mnist5k', classes=None, **kw)->dict:
+                      epochs:int|None=None, seed:int=0, arch:str|None=None, data:str='mnist5k', classes=None,
+                      mixed_precision:str='no', **kw)->dict:
     "The full parameter dict that keys a cached classifier (defaults filled in, names validated)."
     unknown = set(kw) - set(CLASSIFIER_DEFAULTS)
     if unknown: raise ValueError(f"unknown classifier parameter(s) {sorted(unknown)}; known: {sorted(CLASSIFIER_DEFAULTS)}")
@@ -269,6 +317,9 @@ def classifier_params(policy:str='none', diffaug:bool|str=False, denoiser=None, 
     if kind: p.update(denoiser=_denoiser_id(denoiser), t_min=int(t_min), t_max=_denoiser_T(denoiser) - 1 if t_max is None else int(t_max))
     if kind == 'noise': p['aug'] = 'noise'   # keys only when not at its default: existing keys are unchanged
     if cl is not None: p['classes'] = cl
+    if mixed_precision not in MIXED_PRECISION:
+        raise ValueError(f"mixed_precision={mixed_precision!r} is not one of {MIXED_PRECISION} ('no': float32 everywhere)")
+    if mixed_precision != 'no': p['mixed_precision'] = mixed_precision   # keys only when not at its default: existing keys are unchanged
     return p
 
 def classifier_dir(cache_dir=None, **params)->Path:
@@ -278,6 +329,29 @@ def classifier_dir(cache_dir=None, **params)->Path:
     cl = f"-c{''.join(map(str, p['classes']))}" if 'classes' in p else ''
     name = f"{p['data']}-{p['arch']}{cl}-{p['policy']}{aug}-s{p['seed']}-{params_key(p)}"
     return Path(cache_dir or settings()['cache_dir'])/'classifiers'/name
+
+def _train_cached(p:dict, path:Path, denoiser, t_min:int, t_max:int|None, device, progress:bool):
+    "Train the classifier `p` describes into the cache folder `path` (every process of a run calls it; the main one writes)."
+    dev, kind, cl = process_device(device), _aug_kind(p['diffaug'] and p.get('aug', 'diffaug')), p.get('classes', list(range(10)))
+    den = denoiser if isinstance(denoiser, Denoiser) else None  # an object is used as it is, where it is
+    if kind and den is None:
+        from diffaug_nb.scoremodel import load_denoiser
+        den = load_denoiser(None if denoiser is None else str(denoiser), device=dev)
+    (xtr, ytr), (xte, yte) = (subset_classes(load_mnist5k(s).tensors, cl) for s in ('train', 'test'))
+    torch.manual_seed(p['seed'])
+    model = make_classifier(p['arch'], channels=1, n_classes=len(cl))
+    aug = None if kind is None else (DiffAug if kind == 'diffaug' else NoiseAug)(den, t_min, t_max)
+    mp = p.get('mixed_precision', 'no')
+    hist = fit_classifier(model, xtr, ytr, policy=p['policy'], diffaug=aug,
+                          epochs=p['epochs'], batch_size=p['batch_size'], lr=p['lr'], weight_decay=p['weight_decay'],
+                          x_val=xte, y_val=yte, out_dir=path, seed=p['seed'], device=dev, progress=progress, mixed_precision=mp)
+    if not is_main_process(): return
+    atomic_torch_save(model.state_dict(), path/'model.pt')
+    import torchvision
+    prov = dict(params=p, test_acc=hist['val_acc'][-1], wall_time_s=hist['time_s'][-1], device=str(dev), versions=dict(torch=torch.__version__, torchvision=torchvision.__version__),
+                n_params=sum(q.numel() for q in model.parameters()), finished=time.strftime('%Y-%m-%dT%H:%M:%S'))
+    if world_size() > 1: prov['num_processes'] = world_size()
+    atomic_write_text(path/'provenance.json', json.dumps(prov, indent=1))
 
 def get_classifier(policy:str='none', # augmentation policy name (see `make_policy`), e.g. 'augmix+cutmix'
                    diffaug:bool|str=False, # add the DiffAug loss term (True or 'diffaug'), or the noise control's ('noise': `NoiseAug`)
@@ -291,36 +365,27 @@ def get_classifier(policy:str='none', # augmentation policy name (see `make_poli
                    cache_dir=None, # default settings()['cache_dir']
                    train_if_absent:bool=True, # train when not cached (else FileNotFoundError)
                    progress:bool=True,
+                   num_processes:int=1, # train in this many processes (`accelerate launch`; one per GPU, or CPU processes); not in the key
+                   mixed_precision:str='no', # 'no', 'bf16' or 'fp16' (GPU); part of the key when not 'no'
                    **kw # batch_size, lr, weight_decay
                   )->Classifier:
     "A classifier trained on MNIST-5k with `policy` (and DiffAug if asked): from the cache, else trained and cached."
-    from filelock import FileLock
     p = classifier_params(policy=policy, diffaug=diffaug, denoiser=denoiser, t_min=t_min, t_max=t_max, epochs=epochs,
-                          seed=seed, arch=arch, classes=classes, **kw)
+                          seed=seed, arch=arch, classes=classes, mixed_precision=mixed_precision, **kw)
     path, dev = classifier_dir(cache_dir, policy=policy, diffaug=diffaug, denoiser=denoiser, t_min=t_min, t_max=t_max,
-                               epochs=epochs, seed=seed, arch=arch, classes=classes, **kw), get_device(device)
-    kind, cl = _aug_kind(diffaug), p.get('classes', list(range(10)))
+                               epochs=epochs, seed=seed, arch=arch, classes=classes, mixed_precision=mixed_precision, **kw), process_device(device)
+    n_proc, cl = check_num_processes(num_processes), p.get('classes', list(range(10)))
+    if n_proc > 1 and world_size() > 1 and n_proc != world_size():
+        raise ValueError(f"num_processes={n_proc} inside a run of {world_size()} processes: pass num_processes=1 (this run's "
+                         "processes train together) or call get_classifier outside `accelerate launch`")
     (path/'checkpoints').mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path/'checkpoints'/'.lock')):
+    with cache_lock(path/'checkpoints'/'.lock', dev):   # one trainer per classifier; the processes of one run share it
         if not (path/'provenance.json').exists():
             if not train_if_absent:
                 raise FileNotFoundError(f"no cached classifier at {path}; call get_classifier(..., train_if_absent=True) to train it")
-            den = denoiser if isinstance(denoiser, Denoiser) else None  # an object is used as it is, where it is
-            if kind and den is None:
-                from diffaug_nb.scoremodel import load_denoiser
-                den = load_denoiser(None if denoiser is None else str(denoiser), device=dev)
-            (xtr, ytr), (xte, yte) = (subset_classes(load_mnist5k(s).tensors, cl) for s in ('train', 'test'))
-            torch.manual_seed(p['seed'])
-            model = make_classifier(p['arch'], channels=1, n_classes=len(cl))
-            aug = None if kind is None else (DiffAug if kind == 'diffaug' else NoiseAug)(den, t_min, t_max)
-            hist = fit_classifier(model, xtr, ytr, policy=p['policy'], diffaug=aug,
-                                  epochs=p['epochs'], batch_size=p['batch_size'], lr=p['lr'], weight_decay=p['weight_decay'],
-                                  x_val=xte, y_val=yte, out_dir=path, seed=p['seed'], device=dev, progress=progress)
-            atomic_torch_save(model.state_dict(), path/'model.pt')
-            import torchvision
-            atomic_write_text(path/'provenance.json', json.dumps(dict(
-                params=p, test_acc=hist['val_acc'][-1], wall_time_s=hist['time_s'][-1], device=str(dev), versions=dict(torch=torch.__version__, torchvision=torchvision.__version__),
-                n_params=sum(q.numel() for q in model.parameters()), finished=time.strftime('%Y-%m-%dT%H:%M:%S')), indent=1))
+            job = dict(p=p, path=path, denoiser=denoiser, t_min=t_min, t_max=t_max, device=device, progress=progress)
+            if n_proc > 1 and world_size() == 1: launch(_train_cached, job, n_proc, mixed_precision, device)
+            else: _train_cached(**job)
     model = make_classifier(p['arch'], channels=1, n_classes=len(cl))
     model.load_state_dict(torch.load(path/'model.pt', map_location='cpu', weights_only=True))
     model = model.to(dev).eval()
