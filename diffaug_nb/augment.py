@@ -1,4 +1,4 @@
-"""DiffAug (one diffuse + one denoise step at a random t, paper Eq. 3 and 5), the training objective of appendix B.1, and the classic policies (RandAugment, AutoAugment, AugMix, CutOut, MixUp, CutMix) from `torchvision.transforms.v2`, made safe for 1-channel [0,1] batches.
+"""DiffAug (one diffuse + one denoise step at a random t, paper Eq. 3 and 5), the training objective of appendix B.1, the classic policies (RandAugment, AutoAugment, AugMix, CutOut, MixUp, CutMix) from `torchvision.transforms.v2` made safe for 1-channel [0,1] batches, and DA-Fusion's multi-step img2img (SDEdit) augmentation with its swap of real images for synthetic copies.
 
 Docs: https://diffaug-nb.github.io/diffaug-nb/augment.html.md"""
 
@@ -6,13 +6,16 @@ Docs: https://diffaug-nb.github.io/diffaug-nb/augment.html.md"""
 
 # %% ../nbs/04_augment.ipynb #9acbb783
 from __future__ import annotations
+import inspect
 import torch, torch.nn as nn, torch.nn.functional as F
 from torchvision.transforms import v2
 from .data import check_images
 from .diffusion import Denoiser, to_model, to_unit
+from .sampling import ddim_timesteps, sample_ddim, sample_ddpm
 
 # %% auto #0
-__all__ = ['POLICIES', 'DiffAug', 'NoiseAug', 'diffaug_loss', 'to_uint8', 'from_uint8', 'Policy', 'make_policy']
+__all__ = ['POLICIES', 'IMG2IMG_SAMPLERS', 'DiffAug', 'NoiseAug', 'diffaug_loss', 'to_uint8', 'from_uint8', 'Policy',
+           'make_policy', 'img2img_timesteps', 'sdedit', 'SDEdit', 'image_keys', 'SyntheticSwap', 'SwapPolicy']
 
 # %% ../nbs/04_augment.ipynb #067740ff
 class DiffAug:
@@ -104,8 +107,8 @@ def from_uint8(x:torch.Tensor, dtype=torch.float32)->torch.Tensor:
     "uint8 -> float [0,1]: x / 255."
     return x.to(dtype) / 255
 
-def _per_image_transform(name, cutout_frac):
-    if name == 'randaugment': return v2.RandAugment()
+def _per_image_transform(name, cutout_frac, randaugment_ops=2, randaugment_magnitude=9):
+    if name == 'randaugment': return v2.RandAugment(num_ops=randaugment_ops, magnitude=randaugment_magnitude)
     if name == 'autoaugment': return v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)
     if name == 'augmix': return v2.AugMix()
     if name == 'cutout': return v2.RandomErasing(p=1.0, scale=(cutout_frac**2, cutout_frac**2), ratio=(1., 1.), value=0)
@@ -142,7 +145,8 @@ class Policy:
 def make_policy(name:str='none', # 'none', a policy name, or several joined by '+' (e.g. 'augmix+cutmix')
                 num_classes:int=10, # for the soft labels of MixUp/CutMix
                 cutout_frac:float=0.5, # CutOut square side as a fraction of the image side
-                mixup_alpha:float=1.0, cutmix_alpha:float=1.0 # Beta(alpha, alpha) mixing parameters
+                mixup_alpha:float=1.0, cutmix_alpha:float=1.0, # Beta(alpha, alpha) mixing parameters
+                randaugment_ops:int=2, randaugment_magnitude:int=9 # RandAugment's N and M (torchvision's defaults; seed 003: 2, 1)
                )->Policy:
     "Build a `Policy` from a name such as 'randaugment', 'mixup' or 'augmix+cutmix'."
     parts = [p.strip().lower() for p in str(name).split('+')]
@@ -150,9 +154,151 @@ def make_policy(name:str='none', # 'none', a policy name, or several joined by '
     if bad or (len(parts) > 1 and 'none' in parts) or len(set(parts)) != len(parts):
         raise ValueError(f"unknown or invalid augmentation policy {name!r}; valid names: {', '.join(POLICIES)}, "
                          "or several of them (not 'none') joined by '+', each at most once, e.g. 'augmix+cutmix'")
-    per = [_per_image_transform(p, cutout_frac) for p in parts if p in _PER_IMAGE]
+    per = [_per_image_transform(p, cutout_frac, randaugment_ops, randaugment_magnitude) for p in parts if p in _PER_IMAGE]
     bt = [v2.MixUp(alpha=mixup_alpha, num_classes=num_classes) if p == 'mixup' else v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes)
           for p in parts if p in _BATCH]
     per_image = None if not per else per[0] if len(per) == 1 else v2.Compose(per)
     batch = None if not bt else bt[0] if len(bt) == 1 else v2.RandomChoice(bt)
     return Policy('+'.join(parts), per_image, batch)
+
+# %% ../nbs/04_augment.ipynb #5c76b487
+IMG2IMG_SAMPLERS = ('ddim', 'ddpm')
+
+def img2img_timesteps(T:int, # training steps of the model
+                      steps:int, # sampling steps over the whole range (diffusers' num_inference_steps)
+                      strength:float, # t0 in [0, 1]: the fraction of the forward process the image is pushed into
+                     )->list[int]:
+    "diffusers' img2img schedule: the last int(steps * strength) of ddim_timesteps(T, steps), descending; [] at strength 0."
+    if not 0 <= float(strength) <= 1:
+        raise ValueError(f"strength must lie in [0, 1] (t0 as a fraction of the T={T} diffusion steps), got {strength}")
+    n = min(int(steps * float(strength)), steps)
+    return ddim_timesteps(T, steps)[steps - n:]
+
+# %% ../nbs/04_augment.ipynb #05b69d69
+def _noise_draws(x:torch.Tensor, generators:list|None):
+    "A function () -> standard normal noise shaped like `x`: one row per image from its own generator (so an image's noise does not depend on its batch), or the global RNG."
+    if generators is None: return lambda: torch.randn(x.shape, device=x.device, dtype=x.dtype)
+    if len(generators) != len(x): raise ValueError(f"got {len(generators)} generators for {len(x)} images; pass one per image (or None)")
+    return lambda: torch.stack([torch.randn(x.shape[1:], generator=g, device=g.device) for g in generators]).to(x.device, x.dtype)
+
+@torch.no_grad()
+def sdedit(model, # a VP `Denoiser`, or any object with its `abar`/`eps` (e.g. a `guidance.ClassifierGuidance` wrapper)
+           x:torch.Tensor, # images N x C x H x W in [0,1]
+           strength:float, # t0 / T in [0, 1]
+           steps:int=50, # sampling steps over the whole range; the walk takes int(steps * strength) of them
+           sampler:str='ddim', # 'ddim' or 'ddpm' (ancestral over the same respaced steps)
+           eta:float=0.0, # DDIM's eta (0: deterministic after the start noise)
+           generators:list|None=None, # one torch.Generator per image: its start noise, then its step noises; None: the global RNG
+           extra_args:dict|None=None, # passed to the model, e.g. dict(y=labels) for classifier guidance
+           clip_x0:bool=True # clip each x0_hat to [-1,1] (guided-diffusion's clip_denoised)
+          )->torch.Tensor:
+    "SDEdit: x_t0 = sqrt(abar_t0) to_model(x) + sigma_t0 eps, then the reverse sampler from t0 down to 0. [0,1] in, [0,1] out (clamped)."
+    check_images(x, name='sdedit input')
+    if sampler not in IMG2IMG_SAMPLERS: raise ValueError(f"sampler must be one of {IMG2IMG_SAMPLERS}, got {sampler!r}")
+    if getattr(model, 'kind', 'vp') != 'vp': raise ValueError("sdedit runs the VP samplers (DDIM/DDPM): pass a VP model (DDPM scheduler), not a VE one")
+    ts = img2img_timesteps(model.T, steps, strength)
+    if not ts: return x.clone()
+    xm = to_model(x.to(model.device))
+    draw = _noise_draws(xm, generators)
+    ab = model.abar(ts[0], xm)
+    xt = ab.sqrt() * xm + (1 - ab).sqrt() * draw()
+    kw = dict(extra_args=extra_args, clip_x0=clip_x0, noise_sampler=lambda i: draw())
+    out = sample_ddim(model, xt, ts, eta=eta, **kw) if sampler == 'ddim' else sample_ddpm(model, xt, ts, **kw)
+    return to_unit(out).clamp(0, 1).to(x.device, x.dtype)
+
+# %% ../nbs/04_augment.ipynb #55f5a112
+class SDEdit:
+    "DA-Fusion's img2img augmentation with a score model: `sdedit` at a strength, batched; labels go to a guided model."
+    def __init__(self, model, # a VP `Denoiser` or a guidance wrapper with its methods (eps(x, t, y=...))
+                 steps:int=50, # sampling steps over the whole range (the walk takes int(steps * strength))
+                 sampler:str='ddim', eta:float=0.0, # see `sdedit`
+                 max_batch:int=256 # images per sampler call
+                ):
+        if sampler not in IMG2IMG_SAMPLERS: raise ValueError(f"sampler must be one of {IMG2IMG_SAMPLERS}, got {sampler!r}")
+        if not 1 <= int(steps) <= model.T: raise ValueError(f"steps must lie in 1..{model.T}, got {steps}")
+        self.model, self.steps, self.sampler, self.eta, self.max_batch = model, int(steps), sampler, float(eta), int(max_batch)
+        self.guided = 'y' in inspect.signature(model.eps).parameters
+
+    def __repr__(self): return f"SDEdit({self.sampler}-{self.steps}, eta={self.eta}{', guided' if self.guided else ''})"
+
+    @property
+    def params(self)->dict:
+        "What decides the images (with the model's identity and the seed): part of a cached set's key."
+        return dict(kind='sdedit', sampler=self.sampler, steps=self.steps, eta=self.eta, guided=self.guided)
+
+    def forwards(self, strength:float)->int:
+        "Network evaluations per image at this strength: one per kept step."
+        return len(img2img_timesteps(self.model.T, self.steps, strength))
+
+    def __call__(self, x:torch.Tensor, # images N x C x H x W in [0,1]
+                 strength:float,
+                 y:torch.Tensor|None=None, # labels, used by a guided model only
+                 generators:list|None=None # one per image (see `sdedit`)
+                )->torch.Tensor:
+        "The SDEdit images of `x` at `strength`, in [0,1]."
+        if self.guided and y is None: raise ValueError("this model is guided by a classifier: pass the labels y of the images")
+        out = []
+        for i in range(0, len(x), self.max_batch):
+            sl = slice(i, i + self.max_batch)
+            ea = dict(y=y[sl].to(self.model.device)) if self.guided else None
+            out.append(sdedit(self.model, x[sl], strength, self.steps, self.sampler, self.eta,
+                              None if generators is None else generators[sl], ea))
+        return torch.cat(out) if out else x.clone()
+
+# %% ../nbs/04_augment.ipynb #69156ec0
+def image_keys(x:torch.Tensor)->list[bytes]:
+    "Each [0,1] image's identity: the bytes of its 8-bit pixels (`to_uint8`)."
+    return [im.numpy().tobytes() for im in to_uint8(x.detach().cpu())]
+
+class SyntheticSwap:
+    "Replace each real image, with probability alpha, by one of its M synthetic copies (uniform); [0,1] in and out."
+    def __init__(self, x_real:torch.Tensor, # the real images N x C x H x W in [0,1] the copies were made from
+                 copies:torch.Tensor, # N x M x C x H x W: M copies of each (float [0,1] or uint8)
+                 alpha:float=0.5 # probability of the swap (DA-Fusion's synthetic probability)
+                ):
+        check_images(x_real, name='real images')
+        if copies.ndim != 5 or copies.shape[0] != len(x_real) or copies.shape[2:] != x_real.shape[1:] or copies.shape[1] < 1:
+            raise ValueError(f"copies must be N x M x C x H x W with N = {len(x_real)} real images of shape {tuple(x_real.shape[1:])}, "
+                             f"got {tuple(copies.shape)}")
+        if not 0 <= alpha <= 1: raise ValueError(f"alpha (the swap probability) must lie in [0, 1], got {alpha}")
+        self.copies = from_uint8(copies) if copies.dtype == torch.uint8 else copies.float()
+        self.alpha, self.M = float(alpha), copies.shape[1]
+        self.index = {}
+        for i, k in enumerate(image_keys(x_real)): self.index.setdefault(k, i)   # an exact duplicate shares the first one's copies
+
+    def __repr__(self): return f"SyntheticSwap({len(self.copies)} real x {self.M} copies, alpha={self.alpha})"
+
+    def lookup(self, x:torch.Tensor)->torch.Tensor:
+        "The row of each image of `x` among the real images (a ValueError for an unknown one)."
+        idx = [self.index.get(k, -1) for k in image_keys(x)]
+        bad = [i for i, j in enumerate(idx) if j < 0]
+        if bad: raise ValueError(f"{len(bad)} of {len(x)} images (batch positions {bad[:5]}...) are not among the {len(self.copies)} real "
+                                 "images the synthetic copies were made from; build the swap from the same images you train on "
+                                 "(an augmentation applied before the swap changes them)")
+        return torch.tensor(idx, dtype=torch.long)
+
+    def __call__(self, x:torch.Tensor, # a batch of real images in [0,1]
+                 return_mask:bool=False # also return which images were swapped
+                ):
+        "x with each image swapped for one of its copies with probability alpha (global torch RNG: one uniform and one copy index per image)."
+        idx, n = self.lookup(x), len(x)
+        swap, j = torch.rand(n) < self.alpha, torch.randint(self.M, (n,))
+        out = x.clone()
+        out[swap.to(x.device)] = self.copies[idx[swap], j[swap]].to(x.device, x.dtype)
+        return (out, swap) if return_mask else out
+
+class SwapPolicy(Policy):
+    "A `Policy` that first swaps real images for synthetic copies (`SyntheticSwap`), then applies a base policy."
+    def __init__(self, swap:SyntheticSwap, # the DA-Fusion swap
+                 base:str|Policy='none', # the policy applied after it, e.g. 'mixup' (DA-Fusion + MixUp)
+                 **policy_kw # `make_policy` options for a named base, e.g. mixup_alpha=0.5
+                ):
+        b = base if isinstance(base, Policy) else make_policy(base, **policy_kw)
+        super().__init__('dafusion' if b.name == 'none' else f'dafusion+{b.name}', b.per_image, b.batch)
+        self.swap, self.base = swap, b
+
+    def __repr__(self): return f"SwapPolicy({self.swap}, base={self.base})"
+
+    def images(self, x:torch.Tensor)->torch.Tensor:
+        "The swap, then the base policy's per-image transforms."
+        return super().images(self.swap(x))
