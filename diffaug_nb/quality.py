@@ -16,7 +16,8 @@ from .metrics import (ClassifierFeatures, fid, kid, classifier_score, prdc_metri
 from .train import get_classifier
 
 # %% auto #0
-__all__ = ['SAMPLERS', 'QUALITY_TARGETS', 'reference_classifier', 'generate', 'predict_probs', 'sample_quality', 'check_targets']
+__all__ = ['SAMPLERS', 'QUALITY_TARGETS', 'reference_classifier', 'generate', 'predict_probs', 'sample_quality', 'check_targets',
+           'x0hat_optimum']
 
 # %% ../nbs/30_quality.ipynb #2e96d3d3
 def reference_classifier(device=None, train_if_absent:bool=True, progress:bool=True):
@@ -103,3 +104,12 @@ def check_targets(q:dict, # sample_quality's output (plus x0hat_t500 if measured
     "Each generator target of the score-model issue: (value, target, passed); targets without a value are skipped."
     ops = {'>=': lambda a, b: a >= b, '<=': lambda a, b: a <= b}
     return {k: (q[k], f'{op} {v}', bool(ops[op](q[k], v))) for k, (v, op) in QUALITY_TARGETS.items() if k in q}
+
+# %% ../nbs/30_quality.ipynb #e5f6a7b8
+def x0hat_optimum(ts=(500,), # diffusion times
+                  n_test:int|None=1000, seed:int=0, batch_size:int=100)->dict:
+    "`scoremodel.x0hat_accuracy` of the exact denoiser of the train digits (`EmpiricalDenoiser`): the ceiling of one-step x0_hat accuracy."
+    from diffaug_nb.diffusion import EmpiricalDenoiser, vp_scheduler, to_model
+    from diffaug_nb.scoremodel import x0hat_accuracy
+    emp = EmpiricalDenoiser(to_model(load_mnist5k('train').tensors[0]), vp_scheduler())
+    return x0hat_accuracy(emp, ts=ts, n_test=n_test, seed=seed, batch_size=batch_size)
