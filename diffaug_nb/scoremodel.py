@@ -178,6 +178,11 @@ def embedded_params(name:str|None=None, # a key of `EMBEDDED_MODELS` (None: sett
               isinstance(v, (int, float)) and not isinstance(v, bool) if isinstance(d, float) else
               isinstance(v, str) if isinstance(d, str) else True)
         if not ok: raise ValueError(f"score-model parameter {k!r} must be a {type(d).__name__} like {d!r}, got {v!r}")
+    base = EMBEDDED_MODELS[name].get('init_from')
+    if base in EMBEDDED_MODELS and (bad := {k: v for k, v in overrides.items() if k in ('width', 'schedule') and v != EMBEDDED_MODELS[base][k]}):
+        raise ValueError(f"{name!r} continues the training of {base!r} (width {EMBEDDED_MODELS[base]['width']}, "
+                         f"schedule {EMBEDDED_MODELS[base]['schedule']!r}), so {bad} cannot warm-start from it: "
+                         f"name {base!r} (model={base!r}, `-p model {base}`) to train a model of your own from scratch")
     p = {**p, **overrides}
     if int(p['steps']) < 1: raise ValueError(f"steps must be >= 1 (got {p['steps']}): a score model with no training step is not a model.")
     return p

@@ -4,7 +4,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 EXE = shutil.which('diffaug-nb') or str(Path(sys.executable).parent/'diffaug-nb')
-TINY = ['-p', 'steps', '3', '-p', 'batch_size', '8', '-p', 'width', '8', '-p', 'n_quality', '50', '-p', 'device', 'cpu']
+TINY = ['-p', 'model', 'embedded-weak', '-p', 'steps', '3', '-p', 'batch_size', '8', '-p', 'width', '8', '-p', 'n_quality', '50', '-p', 'device', 'cpu']
 
 def run(*args, cwd=ROOT, env=None):
     return subprocess.run([EXE, *args], cwd=cwd, capture_output=True, text=True, timeout=600,
@@ -31,7 +31,7 @@ def test_train_score_model_command(tmp_path):
     (model_dir,) = [d for d in (tmp_path/'cache').iterdir() if not d.name.startswith('.')]   # (.lock files beside it)
     # the same parameters name the same folder, already trained: a second run reuses it (the notebook prints which)
     from diffaug_nb.scoremodel import embedded_model_dir, is_trained
-    assert embedded_model_dir(tmp_path/'cache', None, steps=3, batch_size=8, width=8) == model_dir and is_trained(model_dir)
+    assert embedded_model_dir(tmp_path/'cache', 'embedded-weak', steps=3, batch_size=8, width=8) == model_dir and is_trained(model_dir)
     assert '(training now; resumable)' in (out/'notebook.ipynb').read_text()
 
 def test_failing_step_says_where(tmp_path):
