@@ -164,7 +164,6 @@ def html_report(path, # the .html file to write (plotly.min.js is written beside
                 intro:str='')->Path:
     "Write one offline HTML page of `sections`; return its path."
     import html, plotly.offline
-    from pathlib import Path
     from diffaug_nb.config import atomic_write_text
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path.parent/'plotly.min.js', plotly.offline.get_plotlyjs())
