@@ -454,12 +454,26 @@ def guided_samples(denoiser:Denoiser, classifier:nn.Module|None, # None: unguide
         out.append(fn(model, xT[i:i+batch_size].to(dev), ts, g, extra).detach().cpu())
     return to_unit(torch.cat(out)).clamp(0, 1)
 
+def _cached_row(cache_dir, key:dict, make):
+    "(samples, seconds): `make()` timed, or the samples and time a previous call saved under `key` in `cache_dir`."
+    path = None if cache_dir is None else Path(cache_dir)/f"row-{params_key(key)}.pt"
+    if path is not None and path.exists():
+        saved = torch.load(path, map_location='cpu', weights_only=True)
+        return saved['x'], float(saved['seconds'])
+    t0 = time.perf_counter()
+    x = make()
+    sec = time.perf_counter() - t0
+    if path is not None: atomic_torch_save(dict(x=x, seconds=torch.tensor(sec)), path); atomic_write_text(path.with_suffix('.json'), json.dumps(key))
+    return x, sec
+
 def guidance_table(denoiser:Denoiser, classifiers:dict, # name -> guidance classifier, or None for no guidance
                    samplers:dict|None=None, # name -> (form, fn, steps); default `default_guidance_samplers()`: DDIM-50 and DDPM
                    n:int=1000, n_classes:int=10, scale:float=1.0, seed:int=0,
                    metrics=None, # metrics(samples [0,1], labels) -> dict (FID, IS, P/R, class-wise P/R/D/C): the metrics module's hook
                    reference:nn.Module|None=None, # a [0,1]-image classifier: adds 'class_share', the share of samples it labels as requested
-                   batch_size:int=250, shape=(1, 28, 28), device=None, return_samples:bool=False):
+                   batch_size:int=250, shape=(1, 28, 28), device=None, return_samples:bool=False,
+                   cache_dir:Path|str|None=None, # a folder: each row's samples are saved there and reused by a rerun (resume)
+                   cache_tag:str=''): # what the names do not say (score model, classifier files): part of each row's cache key
     "Table 4: one row per (classifier, sampler) with n guided samples (labels 0..K-1 in turn, same seed for every row), timed."
     import pandas as pd
     samplers = samplers or default_guidance_samplers()
@@ -467,10 +481,11 @@ def guidance_table(denoiser:Denoiser, classifiers:dict, # name -> guidance class
     rows, samples = [], {}
     for cname, clf in classifiers.items():
         for sname, smp in samplers.items():
-            t0 = time.perf_counter()
-            x = guided_samples(denoiser, clf, y, smp, scale, seed, batch_size, shape, device)
-            row = dict(classifier=cname, sampler=sname, scale=scale if clf is not None else 0., n=n, seed=seed,
-                       sec_per_sample=(time.perf_counter() - t0) / n)
+            sc = scale if clf is not None else 0.
+            x, sec = _cached_row(cache_dir, dict(classifier=cname, sampler=sname, scale=sc, n=n, n_classes=n_classes, seed=seed,
+                                                 batch_size=batch_size, shape=list(shape), tag=cache_tag),
+                                 lambda: guided_samples(denoiser, clf, y, smp, scale, seed, batch_size, shape, device))
+            row = dict(classifier=cname, sampler=sname, scale=sc, n=n, seed=seed, sec_per_sample=sec / n)
             if reference is not None:
                 with torch.no_grad():
                     pred = torch.cat([reference(x[i:i+batch_size].to(get_device(device))).argmax(-1).cpu() for i in range(0, n, batch_size)])
@@ -524,14 +539,15 @@ def scale_sweep(denoiser:Denoiser, classifiers:dict, # name -> guidance classifi
                 sampler:tuple, # (form, fn, steps) as in `default_guidance_samplers`
                 sampler_name:str='DDIM', n:int=500, n_classes:int=10, seed:int=0,
                 metrics=None, # metrics(samples, labels) -> dict, e.g. `GuidanceMetrics`
-                batch_size:int=250, shape=(1, 28, 28), device=None):
+                batch_size:int=250, shape=(1, 28, 28), device=None,
+                cache_dir:Path|str|None=None, cache_tag:str=''): # resume from saved rows, as in `guidance_table`
     "One `guidance_table` row per (classifier, scale > 0), plus one unguided row (classifier 'none', scale 0) if 0 is in `scales`."
     import pandas as pd
     scales = sorted({float(s) for s in scales})
     if not scales or scales[0] < 0: raise ValueError(f"scales must be a non-empty list of numbers >= 0, got {scales}")
     if any(c is None for c in classifiers.values()): raise ValueError("classifiers must not hold None: scale 0 gives the unguided row")
     kw = dict(samplers={sampler_name: sampler}, n=n, n_classes=n_classes, seed=seed, metrics=metrics, batch_size=batch_size,
-              shape=shape, device=device)
+              shape=shape, device=device, cache_dir=cache_dir, cache_tag=cache_tag)
     parts = [guidance_table(denoiser, {'none': None}, scale=0., **kw)] if scales[0] == 0 else []
     parts += [guidance_table(denoiser, classifiers, scale=s, **kw) for s in scales if s > 0]
     return pd.concat(parts, ignore_index=True)

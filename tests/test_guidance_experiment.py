@@ -30,6 +30,8 @@ def test_table4_has_every_row_and_seed(run):
     assert (df.fid > 0).all() and df.classifier_score.between(1, 10).all() and (df.sec_per_sample > 0).all()
     for c in ('class_share', 'precision', 'recall', 'coverage', 'precision_cw', 'recall_cw', 'coverage_cw'): assert df[c].between(0, 1).all(), c
     assert (df.density >= 0).all() and (df.density_cw >= 0).all()
+    # every sampled row is saved for a resume: 3 guides x 2 samplers x 2 seeds, and the sweep's 3 rows
+    assert len(list((run/'run'/'rows').glob('row-*.pt'))) == 12 + 3
     long = pd.read_csv(run/'run'/'table4_long.csv')
     assert list(dict.fromkeys(long.metric)) == ['FID↓', 'IS↑', 'P↑', 'R↑', 'P̃↑', 'R̃↑', 'D̃↑', 'C̃↑', 'class share↑']
     txt = (run/'run'/'tables.txt').read_text()
