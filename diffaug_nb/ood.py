@@ -21,9 +21,9 @@ from .evaluate import image_noise, eval_mode
 
 # %% auto #0
 __all__ = ['POSITIVE', 'DETECTORS', 'FEATURE_DETECTORS', 'OOD_DEFAULTS', 'OOD_SETS', 'fpr_at_tpr', 'ood_metrics', 'msp_score',
-           'energy_score', 'react_threshold', 'react_score', 'shape_features', 'shaped_energy', 'has_features',
-           'classifier_outputs', 'de_outputs', 'detector_scores', 'gaussian_blobs', 'plasma_textures', 'ood_datasets',
-           'evaluate_ood']
+           'energy_score', 'react_threshold', 'react_score', 'shape_features', 'shaped_energy', 'shape_many',
+           'shaped_logits', 'has_features', 'classifier_outputs', 'de_outputs', 'detector_scores', 'gaussian_blobs',
+           'plasma_textures', 'ood_datasets', 'evaluate_ood']
 
 # %% ../nbs/17_ood.ipynb #19823470
 POSITIVE = ('id', 'ood')
@@ -103,6 +103,46 @@ def shape_features(feats:torch.Tensor, # N x D penultimate features
 def shaped_energy(feats:torch.Tensor, head:nn.Module, kind:str, percentile:float, temperature:float=1.)->torch.Tensor:
     "ASH/SCALE score: energy of head(shape(h))."
     return energy_score(head(shape_features(feats, kind, percentile)), temperature)
+
+def shape_many(feats:torch.Tensor, # N x D penultimate features
+               specs:dict # {kind: percentile}, kinds as in `shape_features`
+              )->dict:
+    "{kind: shape_features(feats, kind, percentile)} with one top-k per distinct k = D - round(D p/100), shared by the kinds that need it."
+    bad = [k for k in specs if k not in _SHAPES]
+    if bad: raise ValueError(f"unknown shaping(s) {bad}; choose from {tuple(_SHAPES)}")
+    f = feats.float(); n = f.shape[1]
+    s1, dead = f.sum(1, keepdim=True), (f.abs().sum(1) == 0)[:, None]
+    ks = {kind: n - int(np.round(n * (_check_percentile(p, f'{kind} percentile') / 100))) for kind, p in specs.items()}
+    tops = {k: torch.topk(f, k, dim=1) for k in set(ks.values())}   # ASH-P/-B/-S at one percentile: one sort
+    out = {}
+    for kind, k in ks.items():
+        v, i = tops[k]
+        if kind == 'scale': o = f * torch.exp(s1 / v.sum(1, keepdim=True))   # SCALE: all activations, scaled by exp(s1/s2)
+        else:
+            o = torch.zeros_like(f).scatter_(1, i, (s1 / k).expand_as(v) if kind == 'ash_b' else v)   # keep the top k
+            if kind == 'ash_s': o = o * torch.exp(s1 / v.sum(1, keepdim=True))
+        out[kind] = torch.where(dead, torch.zeros_like(o), o)
+    return out
+
+def shaped_logits(feats:torch.Tensor, head:nn.Linear, specs:dict)->dict:
+    "{kind: head(shape_features(feats, kind, p))} for {kind: p}, from the top-k alone: head is linear, so only the kept columns of W count."
+    bad = [k for k in specs if k not in _SHAPES]
+    if bad: raise ValueError(f"unknown shaping(s) {bad}; choose from {tuple(_SHAPES)}")
+    f = feats.to(head.weight.dtype); n = f.shape[1]
+    Wt, b = head.weight.T, head.bias if head.bias is not None else torch.zeros(head.out_features, dtype=f.dtype, device=f.device)
+    s1, dead = f.sum(1, keepdim=True), (f.abs().sum(1) == 0)[:, None]
+    ks = {kind: n - int(np.round(n * (_check_percentile(p, f'{kind} percentile') / 100))) for kind, p in specs.items()}
+    tops = {k: torch.topk(f, k, dim=1) for k in set(ks.values())}
+    out = {}
+    for kind, k in ks.items():
+        v, i = tops[k]
+        if kind == 'scale': z = torch.exp(s1 / v.sum(1, keepdim=True)) * (f @ Wt)            # W (h e^{s1/s2})
+        else:
+            Wk = Wt[i]                                                                      # N x k x K: the kept columns
+            z = (s1 / k) * Wk.sum(1) if kind == 'ash_b' else torch.einsum('nk,nkc->nc', v, Wk)
+            if kind == 'ash_s': z = torch.exp(s1 / v.sum(1, keepdim=True)) * z
+        out[kind] = torch.where(dead, torch.zeros_like(z), z) + b                           # all-zero features: the bias
+    return out
 
 # %% ../nbs/17_ood.ipynb #6453848d
 def has_features(classifier)->bool:
@@ -191,13 +231,15 @@ def detector_scores(out:dict, # from `classifier_outputs` or `de_outputs`
     with torch.no_grad():
         hd, feats = head, out.get('feats')
         if need: feats = feats.to(head.weight.device, head.weight.dtype)   # score where the head lives
+        shaped = shaped_logits(feats, hd, {d: ash_percentile if d.startswith('ash') else scale_percentile for d in detectors
+                                       if d in _SHAPES}) if any(d in _SHAPES for d in detectors) else {}
         for d in detectors:
             if d == 'msp': res[d] = out['probs'].max(1).values if temperature == 1 else msp_score(out['logits'], temperature)
             elif d == 'energy': res[d] = energy_score(out['logits'], temperature)
             elif d == 'react':
                 if react_c is None: raise ValueError("ReAct needs its threshold: pass react_c=react_threshold(ID training features, percentile)")
                 res[d] = react_score(feats, hd, react_c, temperature)
-            else: res[d] = shaped_energy(feats, hd, d, ash_percentile if d.startswith('ash') else scale_percentile, temperature)
+            else: res[d] = energy_score(shaped[d], temperature)   # ASH-P/-B/-S, SCALE
     return {d: s.float().cpu() for d, s in res.items()}
 
 # %% ../nbs/17_ood.ipynb #f2e158e3
