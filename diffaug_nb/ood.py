@@ -104,16 +104,20 @@ def shaped_energy(feats:torch.Tensor, head:nn.Module, kind:str, percentile:float
     "ASH/SCALE score: energy of head(shape(h))."
     return energy_score(head(shape_features(feats, kind, percentile)), temperature)
 
+def _top_k(f:torch.Tensor, specs:dict):
+    "(k per kind, one torch.topk per distinct k, s1 = sum of activations, all-zero rows) of N x D features f."
+    bad = [k for k in specs if k not in _SHAPES]
+    if bad: raise ValueError(f"unknown shaping(s) {bad}; choose from {tuple(_SHAPES)}")
+    n = f.shape[1]
+    ks = {kind: n - int(np.round(n * (_check_percentile(p, f'{kind} percentile') / 100))) for kind, p in specs.items()}
+    return ks, {k: torch.topk(f, k, dim=1) for k in set(ks.values())}, f.sum(1, keepdim=True), (f.abs().sum(1) == 0)[:, None]
+
 def shape_many(feats:torch.Tensor, # N x D penultimate features
                specs:dict # {kind: percentile}, kinds as in `shape_features`
               )->dict:
     "{kind: shape_features(feats, kind, percentile)} with one top-k per distinct k = D - round(D p/100), shared by the kinds that need it."
-    bad = [k for k in specs if k not in _SHAPES]
-    if bad: raise ValueError(f"unknown shaping(s) {bad}; choose from {tuple(_SHAPES)}")
-    f = feats.float(); n = f.shape[1]
-    s1, dead = f.sum(1, keepdim=True), (f.abs().sum(1) == 0)[:, None]
-    ks = {kind: n - int(np.round(n * (_check_percentile(p, f'{kind} percentile') / 100))) for kind, p in specs.items()}
-    tops = {k: torch.topk(f, k, dim=1) for k in set(ks.values())}   # ASH-P/-B/-S at one percentile: one sort
+    f = feats.float()
+    ks, tops, s1, dead = _top_k(f, specs)   # ASH-P/-B/-S at one percentile: one sort
     out = {}
     for kind, k in ks.items():
         v, i = tops[k]
@@ -126,13 +130,9 @@ def shape_many(feats:torch.Tensor, # N x D penultimate features
 
 def shaped_logits(feats:torch.Tensor, head:nn.Linear, specs:dict)->dict:
     "{kind: head(shape_features(feats, kind, p))} for {kind: p}, from the top-k alone: head is linear, so only the kept columns of W count."
-    bad = [k for k in specs if k not in _SHAPES]
-    if bad: raise ValueError(f"unknown shaping(s) {bad}; choose from {tuple(_SHAPES)}")
-    f = feats.to(head.weight.dtype); n = f.shape[1]
+    f = feats.to(head.weight.dtype)
+    ks, tops, s1, dead = _top_k(f, specs)
     Wt, b = head.weight.T, head.bias if head.bias is not None else torch.zeros(head.out_features, dtype=f.dtype, device=f.device)
-    s1, dead = f.sum(1, keepdim=True), (f.abs().sum(1) == 0)[:, None]
-    ks = {kind: n - int(np.round(n * (_check_percentile(p, f'{kind} percentile') / 100))) for kind, p in specs.items()}
-    tops = {k: torch.topk(f, k, dim=1) for k in set(ks.values())}
     out = {}
     for kind, k in ks.items():
         v, i = tops[k]
