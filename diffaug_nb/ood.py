@@ -21,9 +21,9 @@ from .evaluate import image_noise, eval_mode
 
 # %% auto #0
 __all__ = ['POSITIVE', 'DETECTORS', 'FEATURE_DETECTORS', 'OOD_DEFAULTS', 'OOD_SETS', 'fpr_at_tpr', 'ood_metrics', 'msp_score',
-           'energy_score', 'react_threshold', 'react_score', 'shape_features', 'shaped_energy', 'shape_many',
-           'shaped_logits', 'has_features', 'classifier_outputs', 'de_outputs', 'detector_scores', 'gaussian_blobs',
-           'plasma_textures', 'ood_datasets', 'evaluate_ood']
+           'energy_score', 'react_threshold', 'react_score', 'shape_features', 'shaped_energy', 'shaped_logits',
+           'has_features', 'classifier_outputs', 'de_outputs', 'detector_scores', 'gaussian_blobs', 'plasma_textures',
+           'ood_datasets', 'evaluate_ood']
 
 # %% ../nbs/17_ood.ipynb #19823470
 POSITIVE = ('id', 'ood')
@@ -111,22 +111,6 @@ def _top_k(f:torch.Tensor, specs:dict):
     n = f.shape[1]
     ks = {kind: n - int(np.round(n * (_check_percentile(p, f'{kind} percentile') / 100))) for kind, p in specs.items()}
     return ks, {k: torch.topk(f, k, dim=1) for k in set(ks.values())}, f.sum(1, keepdim=True), (f.abs().sum(1) == 0)[:, None]
-
-def shape_many(feats:torch.Tensor, # N x D penultimate features
-               specs:dict # {kind: percentile}, kinds as in `shape_features`
-              )->dict:
-    "{kind: shape_features(feats, kind, percentile)} with one top-k per distinct k = D - round(D p/100), shared by the kinds that need it."
-    f = feats.float()
-    ks, tops, s1, dead = _top_k(f, specs)   # ASH-P/-B/-S at one percentile: one sort
-    out = {}
-    for kind, k in ks.items():
-        v, i = tops[k]
-        if kind == 'scale': o = f * torch.exp(s1 / v.sum(1, keepdim=True))   # SCALE: all activations, scaled by exp(s1/s2)
-        else:
-            o = torch.zeros_like(f).scatter_(1, i, (s1 / k).expand_as(v) if kind == 'ash_b' else v)   # keep the top k
-            if kind == 'ash_s': o = o * torch.exp(s1 / v.sum(1, keepdim=True))
-        out[kind] = torch.where(dead, torch.zeros_like(o), o)
-    return out
 
 def shaped_logits(feats:torch.Tensor, head:nn.Linear, specs:dict)->dict:
     "{kind: head(shape_features(feats, kind, p))} for {kind: p}, from the top-k alone: head is linear, so only the kept columns of W count."
@@ -231,8 +215,8 @@ def detector_scores(out:dict, # from `classifier_outputs` or `de_outputs`
     with torch.no_grad():
         hd, feats = head, out.get('feats')
         if need: feats = feats.to(head.weight.device, head.weight.dtype)   # score where the head lives
-        shaped = shaped_logits(feats, hd, {d: ash_percentile if d.startswith('ash') else scale_percentile for d in detectors
-                                       if d in _SHAPES}) if any(d in _SHAPES for d in detectors) else {}
+        specs = {d: ash_percentile if d.startswith('ash') else scale_percentile for d in detectors if d in _SHAPES}
+        shaped = shaped_logits(feats, hd, specs) if specs else {}   # no features needed without a shaping detector
         for d in detectors:
             if d == 'msp': res[d] = out['probs'].max(1).values if temperature == 1 else msp_score(out['logits'], temperature)
             elif d == 'energy': res[d] = energy_score(out['logits'], temperature)
