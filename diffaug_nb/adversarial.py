@@ -6,15 +6,17 @@ Docs: https://diffaug-nb.github.io/diffaug-nb/adversarial.html.md"""
 
 # %% ../nbs/33_adversarial.ipynb #f37e4560
 from __future__ import annotations
-import copy, time
+import copy, hashlib, json, time
+from pathlib import Path
 import torch, torch.nn.functional as F
 from tqdm.auto import tqdm
 import torchattacks
-from .config import get_device
+from .config import get_device, params_key, atomic_write_text
 from .data import check_images
+from .train import make_classifier
 
 # %% auto #0
-__all__ = ['NORMS', 'ATTACKS', 'METHODS', 'make_attack', 'robust_accuracy', 'adversarial_loss', 'adv_train']
+__all__ = ['NORMS', 'ATTACKS', 'METHODS', 'make_attack', 'robust_accuracy', 'adversarial_loss', 'adv_train', 'adv_run']
 
 # %% ../nbs/33_adversarial.ipynb #82cee96e
 NORMS = {'linf': 'Linf', 'l2': 'L2'}
@@ -149,3 +151,42 @@ def adv_train(model, # a classifier of [0,1] images, trained in place
     bi = max(range(len(hist['val_robust'])), key=hist['val_robust'].__getitem__) + 1 if hist['val_robust'] else epochs
     return dict(hist=hist, best_epoch=bi, best_state=best_state if best_state is not None else last, last_state=last,
                 n_real_per_batch=n_real, batch_size=bs, steps_per_epoch=spe)
+
+# %% ../nbs/33_adversarial.ipynb #a7d1e002
+def _digest(*ts)->str:
+    "SHA-1 of tensors' shapes and bytes (None counts as empty): the data part of a run's key."
+    h = hashlib.sha1()
+    for t in ts:
+        if t is None: h.update(b'none'); continue
+        t = t.detach().cpu().contiguous(); h.update(str((tuple(t.shape), str(t.dtype))).encode()); h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+def adv_run(x, y, x_gen, y_gen, # real training digits; generated ones (None: real only)
+            x_val, y_val, x_test, y_test, # validation (best epoch) and test digits, [0,1]
+            seed:int=0, arch:str='cnn',
+            pgd_steps:int=40, n_aa:int=200, aa_steps:int=100, aa_queries:int=5000, # evaluation: PGD on all test digits, AutoAttack on the first n_aa
+            device=None,
+            cache_dir:str|Path|None=None, # rows saved here (JSON) and reused by a rerun with the same data and settings
+            **train_kw # adv_train's settings: method, norm, eps, steps, beta, epochs, batch_size, real_frac, ...
+           )->list[dict]:
+    "Train one classifier (`adv_train`), attack its best and last epoch: two rows of clean / PGD / AutoAttack accuracy."
+    norm, eps = train_kw.get('norm', 'linf'), train_kw.get('eps', 0.1)
+    key = dict(data=_digest(x, y, x_gen, y_gen, x_val, y_val, x_test, y_test), seed=seed, arch=arch, pgd_steps=pgd_steps,
+               n_aa=n_aa, aa_steps=aa_steps, aa_queries=aa_queries, train={k: train_kw[k] for k in sorted(train_kw)})
+    path = None if cache_dir is None else Path(cache_dir)/f'run-{params_key(key)}.json'
+    if path is not None and path.exists(): return json.loads(path.read_text())['rows']
+    dev = get_device(device)
+    t0 = time.time()
+    torch.manual_seed(seed); clf = make_classifier(arch)
+    out = adv_train(clf, x, y, x_gen, y_gen, x_val=x_val, y_val=y_val, seed=seed, device=dev, progress=False, **train_kw)
+    t_train, rows = time.time() - t0, []
+    for which in ('best', 'last'):
+        clf.load_state_dict(out[f'{which}_state']); clf.eval()
+        t1 = time.time()
+        pgd = robust_accuracy(clf, x_test, y_test, 'pgd', norm, eps, steps=pgd_steps, device=dev)
+        aa = robust_accuracy(clf, x_test[:n_aa], y_test[:n_aa], 'autoattack', norm, eps, steps=aa_steps, n_queries=aa_queries, device=dev)
+        rows.append(dict(seed=seed, epoch=which, epoch_n=out['best_epoch'] if which == 'best' else len(out['hist']['epoch']),
+                         clean=pgd['clean'], pgd40=pgd['robust'], autoattack=aa['robust'], clean_aa=aa['clean'],
+                         train_s=t_train, eval_s=time.time() - t1))
+    if path is not None: atomic_write_text(path, json.dumps(dict(key=key, rows=rows), indent=1))
+    return rows

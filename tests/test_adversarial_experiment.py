@@ -28,6 +28,8 @@ def test_table_has_every_run_seed_and_epoch(run):
     assert set(df[df.epoch == 'last'].epoch_n) == {2} and df[df.epoch == 'best'].epoch_n.between(1, 2).all()
     md = (run/'run'/'table.md').read_text()
     assert 'embedded-weak x1 last' in md and 'none x0 best' in md and '±' in md
+    assert len(list((run/'run'/'rows').glob('run-*.json'))) == 4      # one saved file per (generator, amount, seed): resumable
+    assert (run/'run'/'accuracy_vs_amount.html').stat().st_size > 0
 
 
 def test_generated_set_cached_with_provenance(run):
