@@ -165,28 +165,35 @@ def adv_run(x, y, x_gen, y_gen, # real training digits; generated ones (None: re
             x_val, y_val, x_test, y_test, # validation (best epoch) and test digits, [0,1]
             seed:int=0, arch:str='cnn',
             pgd_steps:int=40, n_aa:int=200, aa_steps:int=100, aa_queries:int=5000, # evaluation: PGD on all test digits, AutoAttack on the first n_aa
+            aa_epochs=('last',), # the epochs ('best', 'last') AutoAttack evaluates; the others get autoattack=None
             device=None,
             cache_dir:str|Path|None=None, # rows saved here (JSON) and reused by a rerun with the same data and settings
             **train_kw # adv_train's settings: method, norm, eps, steps, beta, epochs, batch_size, real_frac, ...
            )->list[dict]:
     "Train one classifier (`adv_train`), attack its best and last epoch: two rows of clean / PGD / AutoAttack accuracy."
+    aa_epochs = tuple(aa_epochs)
+    if not set(aa_epochs) <= {'best', 'last'}: raise ValueError(f"aa_epochs must hold 'best' and/or 'last', got {aa_epochs}")
     norm, eps = train_kw.get('norm', 'linf'), train_kw.get('eps', 0.1)
     key = dict(data=_digest(x, y, x_gen, y_gen, x_val, y_val, x_test, y_test), seed=seed, arch=arch, pgd_steps=pgd_steps,
-               n_aa=n_aa, aa_steps=aa_steps, aa_queries=aa_queries, train={k: train_kw[k] for k in sorted(train_kw)})
+               n_aa=n_aa, aa_steps=aa_steps, aa_queries=aa_queries, aa_epochs=sorted(aa_epochs), train={k: train_kw[k] for k in sorted(train_kw)})
     path = None if cache_dir is None else Path(cache_dir)/f'run-{params_key(key)}.json'
     if path is not None and path.exists(): return json.loads(path.read_text())['rows']
     dev = get_device(device)
     t0 = time.time()
     torch.manual_seed(seed); clf = make_classifier(arch)
     out = adv_train(clf, x, y, x_gen, y_gen, x_val=x_val, y_val=y_val, seed=seed, device=dev, progress=False, **train_kw)
-    t_train, rows = time.time() - t0, []
-    for which in ('best', 'last'):
+    t_train, n_ep, rows = time.time() - t0, len(out['hist']['epoch']), {}
+    for which in ('last', 'best'):
+        ep = out['best_epoch'] if which == 'best' else n_ep
+        if which == 'best' and ep == n_ep and ('best' not in aa_epochs or 'last' in aa_epochs):   # the same weights: nothing new to attack
+            rows['best'] = dict(rows['last'], epoch='best', eval_s=0.); continue
         clf.load_state_dict(out[f'{which}_state']); clf.eval()
         t1 = time.time()
         pgd = robust_accuracy(clf, x_test, y_test, 'pgd', norm, eps, steps=pgd_steps, device=dev)
-        aa = robust_accuracy(clf, x_test[:n_aa], y_test[:n_aa], 'autoattack', norm, eps, steps=aa_steps, n_queries=aa_queries, device=dev)
-        rows.append(dict(seed=seed, epoch=which, epoch_n=out['best_epoch'] if which == 'best' else len(out['hist']['epoch']),
-                         clean=pgd['clean'], pgd40=pgd['robust'], autoattack=aa['robust'], clean_aa=aa['clean'],
-                         train_s=t_train, eval_s=time.time() - t1))
+        aa = (robust_accuracy(clf, x_test[:n_aa], y_test[:n_aa], 'autoattack', norm, eps, steps=aa_steps, n_queries=aa_queries, device=dev)
+              if which in aa_epochs else dict(robust=None, clean=None))
+        rows[which] = dict(seed=seed, epoch=which, epoch_n=ep, clean=pgd['clean'], pgd40=pgd['robust'], autoattack=aa['robust'],
+                           clean_aa=aa['clean'], train_s=t_train, eval_s=time.time() - t1)
+    rows = [rows['best'], rows['last']]
     if path is not None: atomic_write_text(path, json.dumps(dict(key=key, rows=rows), indent=1))
     return rows
