@@ -32,6 +32,8 @@ def test_table4_has_every_row_and_seed(run):
     assert (df.density >= 0).all() and (df.density_cw >= 0).all()
     # every sampled row is saved for a resume: 3 guides x 2 samplers x 2 seeds, and the sweep's 3 rows
     assert len(list((run/'run'/'rows').glob('row-*.pt'))) == 12 + 3
+    # their keys name the classifiers by cache folder, not by absolute path: a moved checkout still resumes
+    assert all('/' not in json.loads(f.read_text())['tag'] for f in (run/'run'/'rows').glob('row-*.json'))
     long = pd.read_csv(run/'run'/'table4_long.csv')
     assert list(dict.fromkeys(long.metric)) == ['FID↓', 'IS↑', 'P↑', 'R↑', 'P̃↑', 'R̃↑', 'D̃↑', 'C̃↑', 'class share↑']
     txt = (run/'run'/'tables.txt').read_text()
