@@ -6,7 +6,7 @@ Docs: https://diffaug-nb.github.io/diffaug-nb/adversarial.html.md"""
 
 # %% ../nbs/33_adversarial.ipynb #f37e4560
 from __future__ import annotations
-import copy, hashlib, json, time
+import copy, json, time
 from pathlib import Path
 import torch, torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -14,6 +14,7 @@ import torchattacks
 from .config import get_device, params_key, atomic_write_text
 from .data import check_images
 from .train import make_classifier
+from .dafusion import data_key
 
 # %% auto #0
 __all__ = ['NORMS', 'ATTACKS', 'METHODS', 'make_attack', 'robust_accuracy', 'adversarial_loss', 'adv_train', 'adv_run']
@@ -153,14 +154,6 @@ def adv_train(model, # a classifier of [0,1] images, trained in place
                 n_real_per_batch=n_real, batch_size=bs, steps_per_epoch=spe)
 
 # %% ../nbs/33_adversarial.ipynb #a7d1e002
-def _digest(*ts)->str:
-    "SHA-1 of tensors' shapes and bytes (None counts as empty): the data part of a run's key."
-    h = hashlib.sha1()
-    for t in ts:
-        if t is None: h.update(b'none'); continue
-        t = t.detach().cpu().contiguous(); h.update(str((tuple(t.shape), str(t.dtype))).encode()); h.update(t.numpy().tobytes())
-    return h.hexdigest()
-
 def adv_run(x, y, x_gen, y_gen, # real training digits; generated ones (None: real only)
             x_val, y_val, x_test, y_test, # validation (best epoch) and test digits, [0,1]
             seed:int=0, arch:str='cnn',
@@ -174,7 +167,7 @@ def adv_run(x, y, x_gen, y_gen, # real training digits; generated ones (None: re
     aa_epochs = tuple(aa_epochs)
     if not set(aa_epochs) <= {'best', 'last'}: raise ValueError(f"aa_epochs must hold 'best' and/or 'last', got {aa_epochs}")
     norm, eps = train_kw.get('norm', 'linf'), train_kw.get('eps', 0.1)
-    key = dict(data=_digest(x, y, x_gen, y_gen, x_val, y_val, x_test, y_test), seed=seed, arch=arch, pgd_steps=pgd_steps,
+    key = dict(data=[None if a is None else data_key(a, b) for a, b in ((x, y), (x_gen, y_gen), (x_val, y_val), (x_test, y_test))], seed=seed, arch=arch, pgd_steps=pgd_steps,
                n_aa=n_aa, aa_steps=aa_steps, aa_queries=aa_queries, aa_epochs=sorted(aa_epochs), train={k: train_kw[k] for k in sorted(train_kw)})
     path = None if cache_dir is None else Path(cache_dir)/f'run-{params_key(key)}.json'
     if path is not None and path.exists(): return json.loads(path.read_text())['rows']
