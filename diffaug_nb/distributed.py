@@ -15,7 +15,7 @@ from .config import get_device, atomic_torch_save
 # %% auto #0
 __all__ = ['MIXED_PRECISION', 'world_size', 'rank', 'is_main_process', 'process_info', 'check_num_processes',
            'check_mixed_precision', 'process_device', 'make_accelerator', 'cache_lock', 'to_sync_batchnorm',
-           'from_sync_batchnorm', 'launch_command', 'run_job', 'write_job', 'launch_env', 'launch']
+           'from_sync_batchnorm', 'launch_command', 'run_job', 'write_job', 'launch_env', 'kill_job', 'launch']
 
 # %% ../nbs/25_distributed.ipynb #09641fde
 def world_size()->int:
@@ -180,6 +180,20 @@ def launch_env(env:dict|None=None)->dict:
     e['PYTHONPATH'] = os.pathsep.join([root] + [p for p in e.get('PYTHONPATH', '').split(os.pathsep) if p and p != root])
     return e
 
+def kill_job(proc:subprocess.Popen, # a launcher started by `launch` or by `launch_command`
+             timeout:float=60, # seconds to wait for the processes to go
+            )->list[int]:
+    """Kill a launched run and every process under it; returns their pids. torchrun starts each worker in a session
+    of its own, so killing the launcher, or its process group, would leave the workers running (and computing)."""
+    import psutil
+    try: procs = (top := psutil.Process(proc.pid)), *top.children(recursive=True)
+    except psutil.NoSuchProcess: procs = ()
+    for p in procs:
+        try: p.kill()
+        except psutil.NoSuchProcess: pass
+    proc.wait(timeout); psutil.wait_procs(procs[1:], timeout)
+    return [p.pid for p in procs]
+
 def launch(fn, # an importable module-level function, run by every process
            kwargs:dict|None=None, # its keyword arguments (saved with torch.save)
            num_processes:int=2,
@@ -193,7 +207,10 @@ def launch(fn, # an importable module-level function, run by every process
     try:
         cmd = launch_command(job, num_processes, mixed_precision, device)
         out = open(log, 'a') if log is not None else None
-        try: rc = subprocess.run(cmd, env=launch_env(env), stdout=out, stderr=subprocess.STDOUT if out else None).returncode
+        try:
+            proc = subprocess.Popen(cmd, env=launch_env(env), stdout=out, stderr=subprocess.STDOUT if out else None)
+            try: rc = proc.wait()
+            except BaseException: kill_job(proc); raise   # an interrupted cell leaves no worker behind
         finally:
             if out is not None: out.close()
         if rc != 0:

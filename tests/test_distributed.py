@@ -1,15 +1,15 @@
 """Multi-process training with accelerate, here with 2 CPU processes (gloo): a run killed mid-way under 2 processes
 resumes from its checkpoint, and the 2-process runs end with the weights of one process at the same global batch,
 up to float32 summation order. (One test, two launches: each launch costs ~9 s of process start-up here.)"""
-import os, signal, subprocess, sys, time
+import subprocess, sys, time
 from pathlib import Path
-import pytest, torch, torch.nn as nn
+import psutil, pytest, torch, torch.nn as nn
 from diffaug_nb.data import load_mnist5k
 from diffaug_nb.diffusion import EmpiricalDenoiser, vp_scheduler, to_model
 from diffaug_nb.augment import DiffAug
 from diffaug_nb.train import Classifier, fit_classifier
 from diffaug_nb.scoremodel import train_score_model, is_trained
-from diffaug_nb.distributed import launch, write_job, launch_command, launch_env
+from diffaug_nb.distributed import launch, write_job, launch_command, launch_env, kill_job
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _dist_jobs import BlockAt, resume_then_fit  # noqa: E402  (the processes import them by name from this folder)
@@ -52,8 +52,8 @@ def test_two_processes_resume_after_a_kill_and_match_one_process(tmp_path):
         proc = subprocess.Popen(launch_command(job, 2, device='cpu'), env=launch_env({'PYTHONPATH': TESTS}),
                                 stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
     try: _wait_for(sig, proc, log)   # step 3 is done, so the checkpoint of step 2 is on disk
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL); proc.wait()
+    finally: pids = kill_job(proc)   # the launcher and its workers (torchrun puts each in a session of its own)
+    assert len(pids) >= 3 and not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
     st = torch.load(out/'checkpoints'/'last.pt', weights_only=False)
     assert st['step'] == 2 and not is_trained(out)
 
