@@ -315,7 +315,7 @@ class Panel:
     title = 'panel'
     ts = ()  # time steps whose `member_predictions` it reads from `Explorer.members` (they join the explorer's one denoiser pass)
 
-    def __init__(self, ex:Explorer): # the explorer: x, names, labels, t, classifier, seed, noise, state, members, clfs, den, clamp
+    def __init__(self, ex): # the `Explorer` (defined below; show_doc could not resolve it as an annotation here): x, names, labels, t, classifier, seed, noise, state, members, clfs, den, clamp
         self.ex, self.fig, self.state = ex, None, None
         self.out = W.Output()
         self.controls = []  # widgets shown above the figure

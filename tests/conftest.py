@@ -1,4 +1,5 @@
-"""Shared pytest fixtures: a headless Chromium (Debian's package, driven by Playwright; never a browser download)."""
+"""Shared pytest fixtures: a headless Chromium (Debian's package, driven by Playwright; never a browser download), and
+the docs site of nbs/, built once a test run for every xdist worker."""
 import os
 from pathlib import Path
 import pytest
@@ -25,3 +26,20 @@ def browser(chromium):
         b = p.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True)
         yield b
         b.close()
+
+
+@pytest.fixture(scope='session')
+def docs_site_dir(tmp_path_factory)->Path:
+    """The offline docs site of nbs/ (`build_docs`, no execution), or a built one named by $DIFFAUG_DOCS_SITE. Built once
+    a test run: the xdist workers share one folder under a file lock, so the docs and browser tests do not each build it."""
+    site = os.environ.get('DIFFAUG_DOCS_SITE')
+    if site and (Path(site)/'index.html').exists(): return Path(site)
+    from filelock import FileLock
+    from diffaug_nb.docs import build_docs
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get('PYTEST_XDIST_WORKER'): root = root.parent   # the run's folder, above each worker's own
+    site, done = root/'docs-site', root/'docs-site.done'
+    with FileLock(str(root/'docs-site.lock')):
+        # strict: a notebook whose show_doc cells fail to process fails the tests (a plain build warns and renders past it)
+        if not done.exists(): build_docs(site, execute=False, strict=True); done.touch()   # a failed build is redone
+    return site

@@ -187,14 +187,10 @@ def serve(site:Path):
 
 
 @pytest.fixture(scope='module')
-def docs_site(tmp_path_factory, chromium):
-    "The offline docs site (diffaug_nb.docs.build_docs; or a built one named by $DIFFAUG_DOCS_SITE) on 127.0.0.1, served from a thread."
-    from diffaug_nb import docs
-    site, t0 = os.environ.get('DIFFAUG_DOCS_SITE'), time.time()
-    if not (site and (Path(site)/'index.html').exists()):
-        site = docs.build_docs(tmp_path_factory.mktemp('docs')/'site')
-        print(f'docs: built {site} in {time.time() - t0:.0f} s')
-    with serve(site) as base: yield dict(site=Path(site), base=base, pages=docs.site_pages(site))
+def docs_site(docs_site_dir, chromium):
+    "The offline docs site (conftest's `docs_site_dir`: built once a run, or named by $DIFFAUG_DOCS_SITE) on 127.0.0.1, served from a thread."
+    from diffaug_nb.docs import site_pages
+    with serve(docs_site_dir) as base: yield dict(site=docs_site_dir, base=base, pages=site_pages(docs_site_dir))
 
 
 _PLOTLY_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot, .plotly-graph-div')).map((el, i) => {

@@ -39,8 +39,8 @@ def _local_targets(site: Path, page: Path, hrefs) -> set:
 
 
 @pytest.fixture(scope='module')
-def site(tmp_path_factory):
-    return build_docs(tmp_path_factory.mktemp('docs') / '_site', execute=False)
+def site(docs_site_dir):
+    return docs_site_dir   # conftest: built once a run, shared with the browser tests
 
 
 def test_every_notebook_is_a_page(site):
