@@ -454,16 +454,23 @@ def guided_samples(denoiser:Denoiser, classifier:nn.Module|None, # None: unguide
         out.append(fn(model, xT[i:i+batch_size].to(dev), ts, g, extra).detach().cpu())
     return to_unit(torch.cat(out)).clamp(0, 1)
 
+def _timed(make):
+    t0 = time.perf_counter(); x = make()
+    return x, time.perf_counter() - t0
+
 def _cached_row(cache_dir, key:dict, make):
-    "(samples, seconds): `make()` timed, or the samples and time a previous call saved under `key` in `cache_dir`."
-    path = None if cache_dir is None else Path(cache_dir)/f"row-{params_key(key)}.pt"
-    if path is not None and path.exists():
-        saved = torch.load(path, map_location='cpu', weights_only=True)
-        return saved['x'], float(saved['seconds'])
-    t0 = time.perf_counter()
-    x = make()
-    sec = time.perf_counter() - t0
-    if path is not None: atomic_torch_save(dict(x=x, seconds=torch.tensor(sec)), path); atomic_write_text(path.with_suffix('.json'), json.dumps(key))
+    """(samples, seconds): `make()` timed, or the samples and time a previous call saved under `key` in `cache_dir`.
+    A row is made under a file lock: a second process on the same folder waits for it and reads it, never redraws it."""
+    if cache_dir is None: return _timed(make)
+    from filelock import FileLock
+    path = Path(cache_dir)/f"row-{params_key(key)}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.with_suffix('.lock'))):
+        if path.exists():
+            saved = torch.load(path, map_location='cpu', weights_only=True)
+            return saved['x'], float(saved['seconds'])
+        x, sec = _timed(make)
+        atomic_torch_save(dict(x=x, seconds=torch.tensor(sec)), path); atomic_write_text(path.with_suffix('.json'), json.dumps(key))
     return x, sec
 
 def guidance_table(denoiser:Denoiser, classifiers:dict, # name -> guidance classifier, or None for no guidance
