@@ -75,8 +75,14 @@ case "${1:-}" in
     echo "== nbdev-test (notebooks in nbs/)"
     nbdev-test --n-workers 2 --timing
     echo "== pytest (tests/)"
-    # two workers, each test file on one worker (module fixtures run once)
-    python -m pytest -q -n 2 --dist loadfile --durations=15 tests
+    # two workers, each test file on one worker (module fixtures run once). The files that take longest (measured:
+    # docs/browser, the papermill end-to-end runs, the process launchers) go first and in this order, so the last
+    # files a worker takes are short ones (xdist would otherwise order files by test count: the long ones came last)
+    slow="tests/test_docs.py tests/test_browser.py tests/test_report.py tests/test_sample_quality.py tests/test_robustness.py
+          tests/test_cli.py tests/test_sweep_submitit.py tests/test_guidance_experiment.py tests/test_adversarial.py
+          tests/test_distributed.py tests/test_adversarial_experiment.py tests/test_few_shot_experiment.py"
+    rest=$(ls tests/test_*.py | grep -vxF -f <(printf '%s\n' $slow))
+    python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15 $slow $rest
     echo "== all tests passed in $(( $(date +%s) - start )) s"
     ;;
   *) sed -n 2,6p "$0"; exit 2 ;;
