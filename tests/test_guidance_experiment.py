@@ -65,8 +65,10 @@ def test_sweep_figures_and_cache(run):
 def test_claims_are_computed_and_printed(run):
     m = json.loads((run/'run'/'metrics.json').read_text())
     claims = m['claims']
-    assert len(claims) == 2 + 2 * 2                                     # Table 3, the ablation, FID and D/C per sampler
-    assert all(isinstance(c['holds'], bool) and isinstance(c['every_seed'], bool) and ' vs ' in c['evidence'] for c in claims)
+    assert len(claims) == 2 + 2 * 2 + 1                                 # Table 3, the ablation, FID and D/C per sampler, the sweep
+    assert all(isinstance(c['holds'], bool) and isinstance(c['every_seed'], bool) for c in claims)
+    assert all(' vs ' in c['evidence'] for c in claims[:-1])
+    assert claims[-1]['claim'].startswith('Scale sweep') and 'class share' in claims[-1]['evidence'] and 'FID' in claims[-1]['evidence']
     rows = {f'{c} | {s}' for c in ('none', 'noisy', 'DA') for s in ('DDIM-3', 'DDPM-2')}
     assert set(m['table4']) == set(m['table4_std']) == rows and all(0 <= m['table4'][r]['class share↑'] <= 1 for r in rows)
     nb = json.loads((run/'run'/'notebook.ipynb').read_text())

@@ -1,6 +1,7 @@
 "Bad input, faults and concurrency as a new user meets them (issue 13): refused early, by name, with the fix."
 import os, subprocess, sys, shutil
 from pathlib import Path
+from typing import NamedTuple
 import pytest, torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -9,6 +10,24 @@ EXE = shutil.which('diffaug-nb') or str(Path(sys.executable).parent/'diffaug-nb'
 def cli(*args, env=None, cwd=ROOT):
     return subprocess.run([EXE, *args], cwd=cwd, capture_output=True, text=True, timeout=300,
                           env={**os.environ, **(env or {})})
+
+class _Done(NamedTuple):
+    returncode: int
+    stderr: str
+
+@pytest.fixture
+def cli_here(capsys, monkeypatch):
+    """`diffaug-nb ARGS` through `cli.main` in this process. A new interpreter would spend ~15 s importing torch and
+    diffusers before each refusal; `test_missing_settings_file_is_refused` and tests/test_cli.py run the installed command."""
+    from diffaug_nb.cli import main
+    def run(*args, env=None):
+        monkeypatch.chdir(ROOT)
+        for k, v in (env or {}).items(): monkeypatch.setenv(k, v)
+        capsys.readouterr()
+        try: rc = main(list(args))
+        except SystemExit as e: rc = e.code
+        return _Done(rc, capsys.readouterr().err)
+    return run
 
 # --- 1.1 non-finite images -------------------------------------------------------------------------------
 def test_nan_image_refused_by_predict_de():
@@ -20,20 +39,20 @@ def test_nan_image_refused_by_predict_de():
         predict_de(lambda z: z.flatten(1)[:, :3], den, x, ts=[0, 50], device='cpu', progress=False)
 
 # --- 1.2 / 1.3 the CLI checks every -p before anything runs ------------------------------------------------
-def test_cli_refuses_unknown_and_unused_params(tmp_path):
-    r = cli('train-score-model', '-p', 'seed', '7', '-p', 'bogus', '1', '--run-dir', str(tmp_path/'run'))
+def test_cli_refuses_unknown_and_unused_params(tmp_path, cli_here):
+    r = cli_here('train-score-model', '-p', 'seed', '7', '-p', 'bogus', '1', '--run-dir', str(tmp_path/'run'))
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     assert "'seed'" in r.stderr and "'bogus'" in r.stderr and 'not used' in r.stderr
     assert not (tmp_path/'run').exists(), "nothing may run before the parameters are checked"
 
-def test_cli_main_checks_robustness_params_first(tmp_path):
+def test_cli_main_checks_robustness_params_first(tmp_path, cli_here):
     "A bad robustness parameter is refused before the score-model step, not minutes later."
-    r = cli('main', '-p', 'epochs', "'three'", '--run-dir', str(tmp_path/'run'))
+    r = cli_here('main', '-p', 'epochs', "'three'", '--run-dir', str(tmp_path/'run'))
     assert r.returncode == 2 and "'epochs'" in r.stderr and 'Traceback' not in r.stderr, r.stderr[-2000:]
     assert not (tmp_path/'run').exists()
 
-def test_cli_refuses_zero_steps(tmp_path):
-    r = cli('train-score-model', '-p', 'steps', '0', '-p', 'cache_dir', str(tmp_path/'c'), '--run-dir', str(tmp_path/'run'))
+def test_cli_refuses_zero_steps(tmp_path, cli_here):
+    r = cli_here('train-score-model', '-p', 'steps', '0', '-p', 'cache_dir', str(tmp_path/'c'), '--run-dir', str(tmp_path/'run'))
     assert r.returncode == 2 and 'steps must be >= 1' in r.stderr, r.stderr[-2000:]
     assert not (tmp_path/'c').exists() and not (tmp_path/'run').exists()
 
@@ -81,8 +100,8 @@ def test_device_setting_is_used_and_checked(monkeypatch):
     with pytest.raises(ValueError, match="DIFFAUG_DEVICE='tpu' is not a device"):
         train_score_model(torch.rand(4, 1, 8, 8), '/nonexistent/never-written', steps=1, progress=False)
 
-def test_cli_refuses_bad_device_setting(tmp_path):
-    r = cli('train-score-model', '--run-dir', str(tmp_path/'run'), env=dict(DIFFAUG_DEVICE='CPU'))
+def test_cli_refuses_bad_device_setting(tmp_path, cli_here):
+    r = cli_here('train-score-model', '--run-dir', str(tmp_path/'run'), env=dict(DIFFAUG_DEVICE='CPU'))
     assert r.returncode == 2 and "DIFFAUG_DEVICE='CPU'" in r.stderr and "use 'cpu'" in r.stderr, r.stderr[-2000:]
 
 # --- 1.5 settings: a named file must exist ------------------------------------------------------------------
