@@ -78,7 +78,8 @@ case "${1:-}" in
     # two workers, each test file on one worker (module fixtures run once). The files that take longest (measured:
     # docs/browser, the papermill end-to-end runs, the process launchers) go first and in this order, so the last
     # files a worker takes are short ones (xdist would otherwise order files by test count: the long ones came last)
-    slow="tests/test_docs.py tests/test_browser.py tests/test_report.py tests/test_sample_quality.py tests/test_robustness.py
+    # (the browser file comes after the report: its docs test then finds the docs site built by test_docs.py)
+    slow="tests/test_docs.py tests/test_report.py tests/test_browser.py tests/test_sample_quality.py tests/test_robustness.py
           tests/test_cli.py tests/test_sweep_submitit.py tests/test_guidance_experiment.py tests/test_adversarial.py
           tests/test_distributed.py tests/test_adversarial_experiment.py tests/test_few_shot_experiment.py"
     rest=$(ls tests/test_*.py | grep -vxF -f <(printf '%s\n' $slow))

@@ -12,7 +12,7 @@ CONFIGS = [['ddim', 4, 24], ['ddpm', 3, 16]]
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('sq')
-    params = dict(model='embedded-weak', configs=CONFIGS, seeds=[0, 1], n_real=100, batch_size=16, device='cpu')
+    params = dict(model='embedded-weak', configs=CONFIGS, seeds=[0, 1], n_real=100, n_x0hat=200, batch_size=16, device='cpu')
     st = run_notebook(NB, params, tmp/'run')
     assert st['status'] == 'ok', st.get('traceback', st['error'])
     return tmp/'run'
