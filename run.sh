@@ -10,16 +10,19 @@ cd "$(dirname "$0")"
 unset PYTHONDONTWRITEBYTECODE
 VENV=${DIFFAUG_VENV:-.venv}
 PY=${PYTHON:-python3}
+start=$(date +%s)
+# a stage's heading, with the seconds since this command started (where the time of a slow run went)
+say() { echo "== [$(( $(date +%s) - start )) s] $*"; }
 
 setup() {
   if [ ! -x "$VENV/bin/python" ]; then
-    echo "== creating $VENV with $($PY --version)"
+    say "creating $VENV with $($PY --version)"
     "$PY" -m venv "$VENV"
   fi
   # reinstall only when the dependencies change (the stamp is keyed by pyproject.toml)
   local stamp="$VENV/.diffaug-installed-$(sha256sum pyproject.toml | cut -c1-16)"
   if [ ! -f "$stamp" ]; then
-    echo "== installing diffaug-nb and its dependencies into $VENV (torch==2.14.1 from this machine's disk)"
+    say "installing diffaug-nb and its dependencies into $VENV (torch==2.14.1 from this machine's disk)"
     "$VENV/bin/python" -m pip install -q --upgrade pip
     # (this machine's pip.conf names mirror folders that may be absent: drop those warnings)
     "$VENV/bin/python" -m pip install -q --no-compile -e ".[dev]" 2> >(grep -v -e "^WARNING: Location 'file:" -e "is neither a file nor a directory" >&2)
@@ -42,7 +45,7 @@ browser_deps() {
     if command -v sudo >/dev/null 2>&1; then sudo=(sudo -n); else
       echo "!! not root and no sudo: cannot install chromium; the browser tests will be skipped"; return 0; fi
   fi
-  echo "== installing chromium for the browser tests (apt)"
+  say "installing chromium for the browser tests (apt)"
   { ${sudo[@]+"${sudo[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
     ${sudo[@]+"${sudo[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
     || echo "!! could not install chromium: the browser tests will be skipped (they say why)"
@@ -50,7 +53,7 @@ browser_deps() {
 
 check_sync() {
   # notebooks are the source: exporting and cleaning must not change any tracked file
-  echo "== nbdev-export / nbdev-clean must leave tracked files unchanged"
+  say "nbdev-export / nbdev-clean must leave tracked files unchanged"
   nbdev-export && nbdev-clean
   local changed; changed=$(git status --porcelain -- nbs diffaug_nb)
   if [ -n "$changed" ]; then
@@ -65,16 +68,15 @@ case "${1:-}" in
   main) shift; setup; exec diffaug-nb main "$@" ;;
   cli) shift; setup; exec diffaug-nb "$@" ;;
   test)
-    start=$(date +%s)
     # tests are many small tensor ops in parallel processes: one OpenMP thread each avoids oversubscription
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
     setup; browser_deps
     check_sync
-    echo "== ruff check (pyflakes rules; config in pyproject.toml)"
+    say "ruff check (pyflakes rules; config in pyproject.toml)"
     ruff check .
-    echo "== nbdev-test (notebooks in nbs/)"
+    say "nbdev-test (notebooks in nbs/)"
     nbdev-test --n-workers 2 --timing
-    echo "== pytest (tests/)"
+    say "pytest (tests/)"
     # two workers, each test file on one worker (module fixtures run once). The files that take longest (measured:
     # docs/browser, the papermill end-to-end runs, the process launchers) go first and in this order, so the last
     # files a worker takes are short ones (xdist would otherwise order files by test count: the long ones came last)
