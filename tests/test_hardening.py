@@ -157,12 +157,13 @@ def _browser_deps(tmp_path, uid:int, with_sudo:bool=True):
     (bin_/'id').write_text(f'#!/bin/sh\n[ "$1" = -u ] && echo {uid} && exit 0\nexec /usr/bin/id "$@"\n')
     if with_sudo: (bin_/'sudo').write_text('#!/bin/sh\n[ "$1" = -n ] && shift\nexec "$@"\n')
     for f in bin_.iterdir(): f.chmod(0o755)
-    fn = subprocess.run(['sed', '-n', '/^browser_deps() {/,/^}/p', str(ROOT/'run.sh')], capture_output=True, text=True).stdout
+    fn = subprocess.run(['sed', '-n', '-e', '/^say() {/p', '-e', '/^browser_deps() {/,/^}/p', str(ROOT/'run.sh')],
+                        capture_output=True, text=True).stdout   # the function and the stage-heading helper it calls
     path = f'{bin_}:/usr/bin:/bin' if with_sudo else f'{bin_}:{tmp_path/"nosudo"}'
     if not with_sudo:   # a PATH with the basic tools but no sudo
         (tmp_path/'nosudo').mkdir()
-        for t in ('sh', 'env', 'cat', 'sed'): (tmp_path/'nosudo'/t).symlink_to(shutil.which(t))
-    r = subprocess.run(['/bin/bash', '-c', f'set -euo pipefail\n{fn}\nbrowser_deps'], capture_output=True, text=True,
+        for t in ('sh', 'env', 'cat', 'sed', 'date'): (tmp_path/'nosudo'/t).symlink_to(shutil.which(t))
+    r = subprocess.run(['/bin/bash', '-c', f'set -euo pipefail\nstart=0\n{fn}\nbrowser_deps'], capture_output=True, text=True,
                        env=dict(PATH=path, DIFFAUG_CHROMIUM=str(tmp_path/'no-chromium')))
     assert r.returncode == 0, r.stderr
     return (log.read_text().splitlines() if log.exists() else []), r.stdout + r.stderr
