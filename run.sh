@@ -34,7 +34,7 @@ pip_q() {   # pip, without the warnings about the missing mirror folders this ma
 
 install_deps() {
   # uv unpacks the wheels in parallel (torch with its CUDA libraries is 5.5 GB in the venv): measured here 97 s with
-  # pip against about 40 s with uv. Where uv cannot be installed or fails, pip does the same install.
+  # pip in fresh-ci against 53 s with uv beside a training run. Where uv cannot be installed or fails, pip does the same install.
   # torchattacks pins an old `requests` that clashes with jupyterlab's: its real needs are in pyproject.toml, so it
   # goes in without its own dependencies
   local opts=()
