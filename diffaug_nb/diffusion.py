@@ -209,11 +209,14 @@ class EmpiricalDenoiser(AnalyticDenoiser):
         self.register_buffer('points', points.clone())
 
     def weights(self, x, t):
-        "Posterior weights w_i(x) = softmax_i(-||x - sqrt(abar) p_i||^2 / (2 sigma^2)), shape B x N."
+        """Posterior weights w_i(x) = softmax_i(-||x - m p_i||^2 / (2 sigma^2)), m = sqrt(abar), shape B x N.
+        ||x||^2 is the same for every i, so the logits are (m x.p_i - m^2 ||p_i||^2 / 2) / sigma^2: one matrix product
+        (no B x N x D differences), in float64 (at small t, 1/sigma^2 ~ 1e4 would amplify float32's rounding)."""
         m, s = self.m_scale(t, x).flatten(1)[:, :1], self.sigma(t, x).flatten(1)[:, :1]
-        P = self.points.flatten(1).to(x.dtype)
-        d2 = ((x.flatten(1)[:, None] - m[:, :, None]*P[None])**2).sum(-1)
-        return torch.softmax(-d2 / (2 * s**2), dim=1)
+        dt = torch.float32 if x.device.type == 'mps' else torch.float64   # (MPS has no float64)
+        X, P, m, s = x.flatten(1).to(dt), self.points.flatten(1).to(dt), m.to(dt), s.to(dt)
+        logits = (m * (X @ P.T) - 0.5 * m**2 * (P**2).sum(1)) / s**2
+        return torch.softmax(logits, dim=1).to(x.dtype)
 
     def x0_hat(self, x, t, clamp:bool=False):
         "E[x0|x] = sum_i w_i(x) p_i (exact)."

@@ -108,7 +108,7 @@ def check_targets(q:dict, # sample_quality's output (plus x0hat_t500 if measured
 # %% ../nbs/30_quality.ipynb #e5f6a7b8
 def x0hat_optimum(ts=(500,), # diffusion times
                   n_test:int|None=1000, seed:int=0,
-                  batch_size:int=10, # test digits at a time: each holds a 4,000 x 784 difference tensor (measured: 10 runs 2x faster than 100)
+                  batch_size:int=100, # test digits at a time (a 100 x 4,000 matrix of weights)
                  )->dict:
     "`scoremodel.x0hat_accuracy` of the exact denoiser of the train digits (`EmpiricalDenoiser`): the ceiling of one-step x0_hat accuracy."
     from diffaug_nb.diffusion import EmpiricalDenoiser, vp_scheduler, to_model
