@@ -2,7 +2,10 @@
 the docs site of nbs/, built once a test run for every xdist worker."""
 import os
 from pathlib import Path
+from typing import NamedTuple
 import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
 
 CHROMIUM = Path(os.environ.get('DIFFAUG_CHROMIUM', '/usr/bin/chromium'))
 CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
@@ -43,3 +46,26 @@ def docs_site_dir(tmp_path_factory)->Path:
         # strict: a notebook whose show_doc cells fail to process fails the tests (a plain build warns and renders past it)
         if not done.exists(): build_docs(site, execute=False, strict=True); done.touch()   # a failed build is redone
     return site
+
+
+class CliDone(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli_here(capsys, monkeypatch):
+    """`diffaug-nb ARGS` through `cli.main` in this process, from the project folder. A new interpreter would spend
+    8-15 s importing torch and diffusers first; tests/test_cli.py's quick commands run the installed console script."""
+    from diffaug_nb.cli import main
+    def run(*args, env=None):
+        monkeypatch.chdir(ROOT)
+        for k, v in (env or {}).items(): monkeypatch.setenv(k, v)
+        capsys.readouterr()
+        try: rc, msg = main(list(args)), ''
+        except SystemExit as e:   # sys.exit('message'): the interpreter would print it and exit with 1
+            rc, msg = (e.code, '') if e.code is None or isinstance(e.code, int) else (1, f'{e.code}\n')
+        out = capsys.readouterr()
+        return CliDone(rc, out.out, out.err + msg)
+    return run

@@ -1,4 +1,5 @@
-"The `diffaug-nb` command as a user runs it (a subprocess of the installed console script)."
+"""The `diffaug-nb` command as a user runs it: the quick commands through the installed console script (a subprocess),
+the papermill steps through `cli.main` in this process (conftest's `cli_here`: the step's notebook still runs in a kernel)."""
 import json, os, shutil, subprocess, sys
 from pathlib import Path
 
@@ -19,9 +20,9 @@ def test_settings_env_override(tmp_path):
     r = run('settings', env=dict(DIFFAUG_RUNS_DIR=str(tmp_path/'r'), DIFFAUG_DEVICE='cpu'))
     assert r.returncode == 0 and f"runs_dir        {tmp_path/'r'}" in r.stdout and 'device          cpu' in r.stdout
 
-def test_train_score_model_command(tmp_path):
+def test_train_score_model_command(tmp_path, cli_here):
     "The score-model step end to end at a tiny size: a run folder with the executed notebook, Fig. 1 and the numbers."
-    r = run('train-score-model', *TINY, '-p', 'cache_dir', str(tmp_path/'cache'), '--run-dir', str(tmp_path/'run'))
+    r = cli_here('train-score-model', *TINY, '-p', 'cache_dir', str(tmp_path/'cache'), '--run-dir', str(tmp_path/'run'))
     assert r.returncode == 0, r.stderr[-3000:]
     out = tmp_path/'run'/'score_model'
     for f in ('notebook.ipynb', 'parameters.json', 'provenance.json', 'status.json', 'quality.json', 'fig1_denoised.png'):
@@ -34,9 +35,9 @@ def test_train_score_model_command(tmp_path):
     assert embedded_model_dir(tmp_path/'cache', 'embedded-weak', steps=3, batch_size=8, width=8) == model_dir and is_trained(model_dir)
     assert '(training now; resumable)' in (out/'notebook.ipynb').read_text()
 
-def test_failing_step_says_where(tmp_path):
+def test_failing_step_says_where(tmp_path, cli_here):
     "A step that fails names the error and keeps the executed notebook for inspection."
-    r = run('train-score-model', *TINY, '-p', 'schedule', 'bogus', '-p', 'cache_dir', str(tmp_path/'c'), '--run-dir', str(tmp_path/'run'))
+    r = cli_here('train-score-model', *TINY, '-p', 'schedule', 'bogus', '-p', 'cache_dir', str(tmp_path/'c'), '--run-dir', str(tmp_path/'run'))
     assert r.returncode != 0
     assert "schedule must be 'linear' or 'cosine'" in r.stderr and 'score_model.failed' in r.stderr
     assert (tmp_path/'run'/'score_model.failed'/'notebook.ipynb').exists()

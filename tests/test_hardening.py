@@ -1,7 +1,6 @@
 "Bad input, faults and concurrency as a new user meets them (issue 13): refused early, by name, with the fix."
 import os, subprocess, sys, shutil
 from pathlib import Path
-from typing import NamedTuple
 import pytest, torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -10,24 +9,6 @@ EXE = shutil.which('diffaug-nb') or str(Path(sys.executable).parent/'diffaug-nb'
 def cli(*args, env=None, cwd=ROOT):
     return subprocess.run([EXE, *args], cwd=cwd, capture_output=True, text=True, timeout=300,
                           env={**os.environ, **(env or {})})
-
-class _Done(NamedTuple):
-    returncode: int
-    stderr: str
-
-@pytest.fixture
-def cli_here(capsys, monkeypatch):
-    """`diffaug-nb ARGS` through `cli.main` in this process. A new interpreter would spend ~15 s importing torch and
-    diffusers before each refusal; `test_missing_settings_file_is_refused` and tests/test_cli.py run the installed command."""
-    from diffaug_nb.cli import main
-    def run(*args, env=None):
-        monkeypatch.chdir(ROOT)
-        for k, v in (env or {}).items(): monkeypatch.setenv(k, v)
-        capsys.readouterr()
-        try: rc = main(list(args))
-        except SystemExit as e: rc = e.code
-        return _Done(rc, capsys.readouterr().err)
-    return run
 
 # --- 1.1 non-finite images -------------------------------------------------------------------------------
 def test_nan_image_refused_by_predict_de():
