@@ -159,6 +159,37 @@ def test_run_sh_without_root_or_sudo_says_why(tmp_path):
     calls, out = _browser_deps(tmp_path, 1000, with_sudo=False)
     assert calls == [] and 'not root and no sudo' in out
 
+# --- run.sh installs the dependencies with uv, from pip's own configuration, and with pip where uv fails ----------
+def _install_deps(tmp_path, uv_ok:bool):
+    "Run run.sh's `install_deps` with a fake venv (python, uv) that logs its calls; return them."
+    venv, log = tmp_path/'venv', tmp_path/'calls.log'
+    (venv/'bin').mkdir(parents=True); (tmp_path/'idx').mkdir()
+    cfg = (f":env:.extra-index-url='file://{tmp_path}/idx file:///no/such/simple'\n"
+           f"global.find-links='{tmp_path}'\nglobal.constraint='/no/such/constraints.txt'\n"
+           "global.cert='/etc/ssl/certs/ca-certificates.crt'\n")
+    (venv/'bin'/'python').write_text(f'#!/bin/sh\nif [ "$3" = config ]; then printf "%s" "{cfg}"; exit 0; fi\n'
+                                     f'echo "python $*" >> {log}\n')
+    (venv/'bin'/'uv').write_text(f'#!/bin/sh\necho "uv $*" >> {log}\nexit {0 if uv_ok else 1}\n')
+    for f in (venv/'bin').iterdir(): f.chmod(0o755)
+    fn = subprocess.run(['sed', '-n', '-e', '/^uv_opts() {/,/^}/p', '-e', '/^pip_q() {/,/^}/p', '-e', '/^install_deps() {/,/^}/p',
+                         str(ROOT/'run.sh')], capture_output=True, text=True).stdout
+    r = subprocess.run(['/bin/bash', '-c', f'set -euo pipefail\nVENV={venv}\n{fn}\ninstall_deps'], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return log.read_text().replace(str(venv/'bin') + '/', '').splitlines(), r.stdout
+
+def test_run_sh_installs_with_uv_from_pips_config(tmp_path):
+    calls, _ = _install_deps(tmp_path, uv_ok=True)
+    opts = (f'--index-strategy unsafe-best-match --no-cache --extra-index-url file://{tmp_path}/idx --find-links {tmp_path}')
+    assert calls == ['python -m pip install -q uv',
+                     f'uv pip install -q --python python {opts} -e .[dev]',
+                     f'uv pip install -q --python python {opts} --no-deps torchattacks>=3.5'], calls
+
+def test_run_sh_installs_with_pip_where_uv_fails(tmp_path):
+    calls, out = _install_deps(tmp_path, uv_ok=False)
+    assert calls[-2:] == ['python -m pip install -q --no-compile -e .[dev]',
+                          'python -m pip install -q --no-compile --no-deps torchattacks>=3.5'], calls
+    assert 'installing with uv failed' in out
+
 # --- docs: processing a notebook leaves the process's working directory and environment as they were ----------
 def test_proc_docs_nb_keeps_process_state(tmp_path, monkeypatch):
     import nbformat
