@@ -38,10 +38,10 @@ install_deps() {
   # torchattacks pins an old `requests` that clashes with jupyterlab's: its real needs are in pyproject.toml, so it
   # goes in without its own dependencies
   local opts=()
-  if pip_q install -q uv && mapfile -t opts < <(uv_opts) &&
-     "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" --index-strategy unsafe-best-match --no-cache ${opts[@]+"${opts[@]}"} -e ".[dev]" &&
-     "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" --index-strategy unsafe-best-match --no-cache ${opts[@]+"${opts[@]}"} --no-deps "torchattacks>=3.5"
-  then return 0; fi
+  if pip_q install -q uv && mapfile -t opts < <(uv_opts); then
+    local uv=("$VENV/bin/uv" pip install -q --python "$VENV/bin/python" --index-strategy unsafe-best-match --no-cache ${opts[@]+"${opts[@]}"})
+    "${uv[@]}" -e ".[dev]" && "${uv[@]}" --no-deps "torchattacks>=3.5" && return 0
+  fi
   echo "!! installing with uv failed: installing with pip"
   pip_q install -q --no-compile -e ".[dev]"
   pip_q install -q --no-compile --no-deps "torchattacks>=3.5"

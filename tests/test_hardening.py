@@ -130,6 +130,18 @@ def test_two_sweeps_on_one_folder_run_each_run_once(tmp_path):
     assert all('0 failed now' in o for o, _ in outs), outs
 
 # --- run.sh installs chromium in one place, as root and as a user ----------------------------------------------
+def _run_sh_functions(names:list, body:str, env:dict|None=None):
+    "Run `body` in bash (strict mode) after the definitions of run.sh's functions `names`; it must succeed."
+    lines, fn = (ROOT/'run.sh').read_text().splitlines(), []
+    for n in names:   # a one-line function, or the lines up to its closing `}`
+        i = next(i for i, l in enumerate(lines) if l.startswith(f'{n}() {{'))
+        j = i if lines[i].rstrip().endswith('}') else lines.index('}', i)
+        fn += lines[i:j + 1]
+    fn = '\n'.join(fn)
+    r = subprocess.run(['/bin/bash', '-c', f'set -euo pipefail\n{fn}\n{body}'], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    return r
+
 def _browser_deps(tmp_path, uid:int, with_sudo:bool=True):
     "Run run.sh's `browser_deps` with fake apt-get/id/sudo on PATH; return the apt-get calls it made."
     bin_, log = tmp_path/'bin', tmp_path/'calls.log'
@@ -138,15 +150,12 @@ def _browser_deps(tmp_path, uid:int, with_sudo:bool=True):
     (bin_/'id').write_text(f'#!/bin/sh\n[ "$1" = -u ] && echo {uid} && exit 0\nexec /usr/bin/id "$@"\n')
     if with_sudo: (bin_/'sudo').write_text('#!/bin/sh\n[ "$1" = -n ] && shift\nexec "$@"\n')
     for f in bin_.iterdir(): f.chmod(0o755)
-    fn = subprocess.run(['sed', '-n', '-e', '/^say() {/p', '-e', '/^browser_deps() {/,/^}/p', str(ROOT/'run.sh')],
-                        capture_output=True, text=True).stdout   # the function and the stage-heading helper it calls
     path = f'{bin_}:/usr/bin:/bin' if with_sudo else f'{bin_}:{tmp_path/"nosudo"}'
     if not with_sudo:   # a PATH with the basic tools but no sudo
         (tmp_path/'nosudo').mkdir()
         for t in ('sh', 'env', 'cat', 'sed', 'date'): (tmp_path/'nosudo'/t).symlink_to(shutil.which(t))
-    r = subprocess.run(['/bin/bash', '-c', f'set -euo pipefail\nstart=0\n{fn}\nbrowser_deps'], capture_output=True, text=True,
-                       env=dict(PATH=path, DIFFAUG_CHROMIUM=str(tmp_path/'no-chromium')))
-    assert r.returncode == 0, r.stderr
+    r = _run_sh_functions(['say', 'browser_deps'], 'start=0\nbrowser_deps',
+                          env=dict(PATH=path, DIFFAUG_CHROMIUM=str(tmp_path/'no-chromium')))
     return (log.read_text().splitlines() if log.exists() else []), r.stdout + r.stderr
 
 @pytest.mark.parametrize('uid', [0, 1000])
@@ -171,10 +180,7 @@ def _install_deps(tmp_path, uv_ok:bool):
                                      f'echo "python $*" >> {log}\n')
     (venv/'bin'/'uv').write_text(f'#!/bin/sh\necho "uv $*" >> {log}\nexit {0 if uv_ok else 1}\n')
     for f in (venv/'bin').iterdir(): f.chmod(0o755)
-    fn = subprocess.run(['sed', '-n', '-e', '/^uv_opts() {/,/^}/p', '-e', '/^pip_q() {/,/^}/p', '-e', '/^install_deps() {/,/^}/p',
-                         str(ROOT/'run.sh')], capture_output=True, text=True).stdout
-    r = subprocess.run(['/bin/bash', '-c', f'set -euo pipefail\nVENV={venv}\n{fn}\ninstall_deps'], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    r = _run_sh_functions(['uv_opts', 'pip_q', 'install_deps'], f'VENV={venv}\ninstall_deps')
     return log.read_text().replace(str(venv/'bin') + '/', '').splitlines(), r.stdout
 
 def test_run_sh_installs_with_uv_from_pips_config(tmp_path):
