@@ -17,7 +17,7 @@ from .train import get_classifier
 
 # %% auto #0
 __all__ = ['SAMPLERS', 'QUALITY_TARGETS', 'reference_classifier', 'generate', 'predict_probs', 'sample_quality', 'check_targets',
-           'x0hat_optimum']
+           'x0hat_optimum', 'bayes_accuracy_xt']
 
 # %% ../nbs/30_quality.ipynb #2e96d3d3
 def reference_classifier(device=None, train_if_absent:bool=True, progress:bool=True):
@@ -106,12 +106,39 @@ def check_targets(q:dict, # sample_quality's output (plus x0hat_t500 if measured
     return {k: (q[k], f'{op} {v}', bool(ops[op](q[k], v))) for k, (v, op) in QUALITY_TARGETS.items() if k in q}
 
 # %% ../nbs/30_quality.ipynb #e5f6a7b8
+def _exact_denoiser():
+    "`EmpiricalDenoiser` of the MNIST-5k train digits (the exact posterior mean of that data) on the VP schedule."
+    from diffaug_nb.diffusion import EmpiricalDenoiser, vp_scheduler, to_model
+    return EmpiricalDenoiser(to_model(load_mnist5k('train').tensors[0]), vp_scheduler())
+
 def x0hat_optimum(ts=(500,), # diffusion times
                   n_test:int|None=1000, seed:int=0,
                   batch_size:int=100, # test digits at a time (a 100 x 4,000 matrix of weights)
                  )->dict:
-    "`scoremodel.x0hat_accuracy` of the exact denoiser of the train digits (`EmpiricalDenoiser`): the ceiling of one-step x0_hat accuracy."
-    from diffaug_nb.diffusion import EmpiricalDenoiser, vp_scheduler, to_model
+    "`scoremodel.x0hat_accuracy` of the exact denoiser of the train digits (`EmpiricalDenoiser`)."
     from diffaug_nb.scoremodel import x0hat_accuracy
-    emp = EmpiricalDenoiser(to_model(load_mnist5k('train').tensors[0]), vp_scheduler())
-    return x0hat_accuracy(emp, ts=ts, n_test=n_test, seed=seed, batch_size=batch_size)
+    return x0hat_accuracy(_exact_denoiser(), ts=ts, n_test=n_test, seed=seed, batch_size=batch_size)
+
+
+# %% ../nbs/30_quality.ipynb #4aa22f92
+def bayes_accuracy_xt(ts=(500,), # diffusion times
+                      split:str='test', # whose digits are diffused: 'test', or 'train' (where the rule is the exact Bayes rule)
+                      n:int|None=1000, # digits of that split (the first n)
+                      seed:int=0, # noise seed (the same noise as `scoremodel.x0hat_accuracy` on the test split)
+                      batch_size:int=100)->dict:
+    """Accuracy of argmax_c p(c|x_t), p(c|x_t) = sum_{i: y_i = c} w_i(x_t) over the train digits (`EmpiricalDenoiser.weights`).
+    On split='train' no function of x_t does better, so no x0_hat(x_t) and classifier of it: the ceiling of one-step accuracy."""
+    if split not in ('train', 'test'): raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    from diffaug_nb.diffusion import to_model
+    emp, ytr = _exact_denoiser(), load_mnist5k('train').tensors[1]
+    x, y = load_mnist5k(split).tensors
+    if n: x, y = x[:n], y[:n]
+    onehot = F.one_hot(ytr, 10).to(torch.float64)
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
+    res = {}
+    for t in ts:
+        xt = emp.diffuse(to_model(x), t, noise)
+        pred = torch.cat([(emp.weights(xt[i:i + batch_size], t).double() @ onehot).argmax(1) for i in range(0, len(x), batch_size)])
+        res[f't={t}'] = float((pred == y).double().mean())
+    return res
+

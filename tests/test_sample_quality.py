@@ -34,5 +34,7 @@ def test_targets_and_pictures(run):
     for k, v in q['targets'].items():
         assert isinstance(v['passed'], bool) and v['target'].endswith(str(QUALITY_TARGETS[k][0])), k
     assert 0 <= q['x0hat_accuracy']['t=500'] <= 1
+    b = q['bayes_accuracy_xt']      # the ceiling of one-step accuracy: the Bayes classifier of x_t, exact on the train digits
+    assert 0 < b['test'] < b['train'] < QUALITY_TARGETS['x0hat_t500'][0], b
     for f in ('samples_ddim-4.png', 'samples_ddpm-3.png', 'nearest_train.png'):
         assert (run/f).stat().st_size > 1000, f
