@@ -216,11 +216,11 @@ def get_guidance_classifier(kind:str='noisy', # 'noisy' or 'da'
         from diffaug_nb.scoremodel import load_denoiser
         den = load_denoiser(None if denoiser is None else str(denoiser), device=dev, train_if_absent=train_if_absent)
     build = lambda: make_guidance_classifier(kind, den, p['width'], clamp=p.get('clamp', True))
+    if not train_if_absent and not (path/'provenance.json').exists():   # (before any folder is made: a failed lookup leaves none)
+        raise FileNotFoundError(f"no cached guidance classifier at {path}; call get_guidance_classifier(..., train_if_absent=True) to train it")
     (path/'checkpoints').mkdir(parents=True, exist_ok=True)
     with FileLock(str(path/'checkpoints'/'.lock')):
         if not (path/'provenance.json').exists():
-            if not train_if_absent:
-                raise FileNotFoundError(f"no cached guidance classifier at {path}; call get_guidance_classifier(..., train_if_absent=True) to train it")
             xtr, ytr = load_mnist5k('train').tensors
             torch.manual_seed(p['seed'])
             model = build()

@@ -378,11 +378,11 @@ def get_classifier(policy:str='none', # augmentation policy name (see `make_poli
     if n_proc > 1 and world_size() > 1 and n_proc != world_size():
         raise ValueError(f"num_processes={n_proc} inside a run of {world_size()} processes: pass num_processes=1 (this run's "
                          "processes train together) or call get_classifier outside `accelerate launch`")
+    if not train_if_absent and not (path/'provenance.json').exists():   # (before any folder is made: a failed lookup leaves none)
+        raise FileNotFoundError(f"no cached classifier at {path}; call get_classifier(..., train_if_absent=True) to train it")
     (path/'checkpoints').mkdir(parents=True, exist_ok=True)
     with cache_lock(path/'checkpoints'/'.lock', dev):   # one trainer per classifier; the processes of one run share it
         if not (path/'provenance.json').exists():
-            if not train_if_absent:
-                raise FileNotFoundError(f"no cached classifier at {path}; call get_classifier(..., train_if_absent=True) to train it")
             job = dict(p=p, path=path, denoiser=denoiser, t_min=t_min, t_max=t_max, device=device, progress=progress)
             if n_proc > 1 and world_size() == 1: launch(_train_cached, job, n_proc, mixed_precision, device)
             else: _train_cached(**job)

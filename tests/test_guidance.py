@@ -280,6 +280,7 @@ def test_cache_keys_and_reload(tmp_path):
     for a, b in zip(da.state_dict().values(), again.state_dict().values()): assert torch.equal(a, b)
     with pytest.raises(FileNotFoundError, match='no cached guidance classifier'):
         get_guidance_classifier('da', den2, train_if_absent=False, **kw)          # another score model: another key
+    assert not guidance_dir(tmp_path, kind='da', denoiser=den2, width=8, steps=2, batch_size=4).exists()   # no folder left behind
     with pytest.raises(FileNotFoundError): get_guidance_classifier('noisy', den, train_if_absent=False, **kw)
     assert guidance_dir(tmp_path, kind='da', denoiser=den) != guidance_dir(tmp_path, kind='da', denoiser=den, clamp=False)
     with pytest.raises(ValueError, match='unknown guidance-classifier parameter'): guidance_params('da', den, epochs=2)
