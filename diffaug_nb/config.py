@@ -15,7 +15,7 @@ __all__ = ['DEFAULTS', 'find_settings', 'settings', 'get_device', 'params_key', 
 
 # %% ../nbs/00_config.ipynb #8fd46cfb
 DEFAULTS = dict(data_root='data', cache_dir='data/models', runs_dir='runs', device='auto',
-                default_model='embedded', seed='0')
+                default_model='embedded-20k', seed='0')
 
 def find_settings(start:Path|str|None=None # folder to start the search from (default: cwd)
                  )->Path|None:

@@ -156,7 +156,7 @@ EMBEDDED_MODELS = {
     # 6,000 more steps of `embedded` at a lower peak rate (issue 8's targets: 14,000 steps in all)
     'embedded-14k': dict(steps=6000, batch_size=128, lr=2e-4, width=32, schedule='linear', ema_decay=0.999, seed=2,
                          lr_schedule='cosine', warmup=100, init_from='embedded'),
-    # 6,000 more steps of `embedded-14k` with a slower EMA (issue 8's confident-label target: 20,000 steps in all)
+    # 6,000 more steps of `embedded-14k` with a slower EMA: the generating default (20,000 steps in all)
     'embedded-20k': dict(steps=6000, batch_size=128, lr=2e-4, width=32, schedule='linear', ema_decay=0.9995, seed=3,
                          lr_schedule='cosine', warmup=100, init_from='embedded-14k'),
 }
