@@ -34,6 +34,16 @@ def test_targets_and_pictures(run):
     for k, v in q['targets'].items():
         assert isinstance(v['passed'], bool) and v['target'].endswith(str(QUALITY_TARGETS[k][0])), k
     assert 0 <= q['x0hat_accuracy']['t=500'] <= 1
+    # every config is judged on its own seeds' mean (recomputed here from metrics.csv); `targets` is the first config's
+    by = q['targets_by_config']
+    assert list(by) == [f'{s}-{k}' for s, k, _ in CONFIGS] and by['ddim-4'] == q['targets']
+    df = pd.read_csv(run/'metrics.csv')
+    for s, k, _ in CONFIGS:
+        mean = df[(df.sampler == s) & (df.steps == k)][['confident', 'fid_ratio']].mean()
+        assert by[f'{s}-{k}']['confident']['value'] == pytest.approx(mean.confident)
+        assert by[f'{s}-{k}']['fid_ratio']['value'] == pytest.approx(mean.fid_ratio)
+        assert by[f'{s}-{k}']['x0hat_t500']['value'] == q['x0hat_accuracy']['t=500']
+    assert by['ddim-4']['fid_ratio']['value'] != by['ddpm-3']['fid_ratio']['value']
     b = q['bayes_accuracy_xt']      # the ceiling of one-step accuracy: the Bayes classifier of x_t, exact on the train digits
     assert 0 < b['test'] < b['train'] < QUALITY_TARGETS['x0hat_t500'][0], b
     for f in ('samples_ddim-4.png', 'samples_ddpm-3.png', 'nearest_train.png'):
